@@ -1,0 +1,26 @@
+"""Configuration: YAML in, frozen validated objects out (see SPEC.md "Configuration")."""
+
+from edgeproxy.config.loader import ConfigError, ConfigIssue, load_config, parse_config
+from edgeproxy.config.model import (
+    AcceptProxy,
+    AdminConfig,
+    Backend,
+    Config,
+    Forwarded,
+    Health,
+    Listener,
+    LogConfig,
+    Route,
+    ServerConfig,
+    SwarmConfig,
+    SwarmRef,
+    Timeouts,
+)
+from edgeproxy.config.values import Address, parse_address, parse_duration, parse_network
+
+__all__ = [
+    "AcceptProxy", "Address", "AdminConfig", "Backend", "Config", "ConfigError", "ConfigIssue",
+    "Forwarded", "Health", "Listener", "LogConfig", "Route", "ServerConfig", "SwarmConfig",
+    "SwarmRef", "Timeouts", "load_config", "parse_address", "parse_config", "parse_duration",
+    "parse_network",
+]

@@ -1,0 +1,176 @@
+"""The validated configuration: frozen objects built once by the loader and swapped whole.
+
+Running code never sees a half-applied config (ARCHITECTURE.md): a reload builds a new
+``Config`` and replaces the old one in one assignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from edgeproxy.config.values import Address, IPNetwork
+
+Mode = Literal["tcp", "http", "udp"]
+SendProxy = Literal["none", "v1", "v2"]
+BalanceName = Literal["roundrobin", "leastconn", "source", "random"]
+
+FORWARDED_HEADERS = (
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "forwarded",
+)
+DEFAULT_FORWARDED_HEADERS = ("x-forwarded-for", "x-real-ip", "x-forwarded-proto")
+
+# UDP flows are cheaper to re-create and clients rarely close them, so they expire sooner
+# (SPEC.md: "client_idle, 30 s by default for udp").
+UDP_DEFAULT_IDLE = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    client_idle: float = 60.0
+    server_idle: float = 60.0
+    http_request: float = 10.0
+    drain: float = 30.0
+    client_idle_explicit: bool = False
+
+    def client_idle_for(self, mode: Mode) -> float:
+        if mode == "udp" and not self.client_idle_explicit:
+            return UDP_DEFAULT_IDLE
+        return self.client_idle
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    access: str = "stderr"  # stderr | stdout | off | a file path
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    bind: Address
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptProxy:
+    trusted: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    trusted: tuple[IPNetwork, ...] = ()
+    headers: tuple[str, ...] = DEFAULT_FORWARDED_HEADERS
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    backend: str
+    host: str | None = None  # lower-case, no port
+    path_prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    bind: tuple[Address, ...]
+    mode: Mode
+    backend: str | None
+    routes: tuple[Route, ...] = ()
+    accept_proxy: AcceptProxy | None = None
+    forwarded: Forwarded = field(default_factory=Forwarded)
+    max_connections: int = 10000
+    max_datagram_size: int = 65535  # udp: larger datagrams are dropped and counted
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    type: Literal["tcp", "http", "none"] = "tcp"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    path: str = "/"
+    expect: tuple[int, int] = (200, 399)  # inclusive status range
+    port: int | None = None  # check this port instead of the server's (e.g. tcp check of a udp server)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    address: Address
+    weight: int = 1
+    backup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmRef:
+    service: str
+    port: int  # the service's target port; its host-mode published port is discovered
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str
+    balance: BalanceName = "roundrobin"
+    send_proxy: SendProxy = "none"
+    retries: int = 2
+    health: Health = field(default_factory=Health)
+    servers: tuple[ServerConfig, ...] = ()
+    swarm: SwarmRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    ca: str
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    managers: tuple[str, ...] = ("unix:///var/run/docker.sock",)
+    tls: TLSFiles | None = None
+    refresh: float = 10.0
+    timeout: float = 3.0  # per API call: a leaderless manager blocks 20 s (TESTBED.md)
+    labels: bool = False
+    node_addresses: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    digest: str  # sha256 of the file, shown in /status
+    listeners: tuple[Listener, ...]
+    backends: Mapping[str, Backend]
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    log: LogConfig = field(default_factory=LogConfig)
+    admin: AdminConfig | None = None
+    workers: int = 1
+    swarm: SwarmConfig | None = None
+
+    def summary(self) -> str:
+        """The one line ``edgeproxy check`` prints for a valid file."""
+        listeners = ", ".join(
+            f"{lst.name} ({lst.mode} {' '.join(map(str, lst.bind))})" for lst in self.listeners
+        )
+        static = sum(len(b.servers) for b in self.backends.values())
+        swarm = sum(1 for b in self.backends.values() if b.swarm)
+        parts = [
+            f"{len(self.listeners)} listener(s): {listeners}",
+            f"{len(self.backends)} backend(s), {static} static server(s)",
+        ]
+        if self.swarm:
+            parts.append(
+                f"swarm: {swarm} backend(s) from services"
+                + (", labels on" if self.swarm.labels else "")
+            )
+        parts.append(f"workers: {self.workers}")
+        return f"{self.path}: configuration OK; " + "; ".join(parts)
