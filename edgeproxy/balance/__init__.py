@@ -1,0 +1,24 @@
+"""Server state and balancing algorithms (sans-IO: no sockets, no asyncio, never imports `net`)."""
+
+from edgeproxy.balance.algorithms import (
+    ALGORITHMS,
+    Balancer,
+    LeastConnBalancer,
+    RandomBalancer,
+    RoundRobinBalancer,
+    SourceHashBalancer,
+    make_balancer,
+)
+from edgeproxy.balance.server import Server, ServerState
+
+__all__ = [
+    "ALGORITHMS",
+    "Balancer",
+    "LeastConnBalancer",
+    "RandomBalancer",
+    "RoundRobinBalancer",
+    "Server",
+    "ServerState",
+    "SourceHashBalancer",
+    "make_balancer",
+]
