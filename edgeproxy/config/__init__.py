@@ -19,8 +19,25 @@ from edgeproxy.config.model import (
 from edgeproxy.config.values import Address, parse_address, parse_duration, parse_network
 
 __all__ = [
-    "AcceptProxy", "Address", "AdminConfig", "Backend", "Config", "ConfigError", "ConfigIssue",
-    "Forwarded", "Health", "Listener", "LogConfig", "Route", "ServerConfig", "SwarmConfig",
-    "SwarmRef", "Timeouts", "load_config", "parse_address", "parse_config", "parse_duration",
+    "AcceptProxy",
+    "Address",
+    "AdminConfig",
+    "Backend",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "Forwarded",
+    "Health",
+    "Listener",
+    "LogConfig",
+    "Route",
+    "ServerConfig",
+    "SwarmConfig",
+    "SwarmRef",
+    "Timeouts",
+    "load_config",
+    "parse_address",
+    "parse_config",
+    "parse_duration",
     "parse_network",
 ]

@@ -150,10 +150,8 @@ class _Reader:
     ) -> list[T]:
         out: list[T] = []
         for i, item in enumerate(self.seq(node, path, scalar_ok=scalar_ok)):
-            try:
+            with contextlib.suppress(_Invalid):
                 out.append(parse(item, f"{path}[{i}]"))
-            except _Invalid:
-                pass
         return out
 
     # -- scalars -----------------------------------------------------------------------------
@@ -181,9 +179,9 @@ class _Reader:
 
     def choice(self, node: yaml.Node, path: str, choices: tuple[str, ...]) -> str:
         # YAML 1.1 reads a bare `off`/`no` as false; for send_proxy that means "none".
-        if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL and "none" in choices:
-            if str(node.value).lower() in ("false", "no", "off", "n"):
-                return "none"
+        is_false = isinstance(node, yaml.ScalarNode) and node.tag == _BOOL and not self.boolean(node, path)
+        if is_false and "none" in choices:
+            return "none"
         value = self.text(node, path)
         if value not in choices:
             raise self.fail(node, path, f"'{value}' is not one of: {', '.join(choices)}")
@@ -202,7 +200,9 @@ class _Reader:
     def network(self, node: yaml.Node, path: str) -> IPNetwork:
         return self.convert(node, path, parse_network)
 
-    def optional(self, fields: dict[str, yaml.Node], key: str, path: str, parse: Callable[[yaml.Node, str], T], default: T) -> T:
+    def optional(
+        self, fields: dict[str, yaml.Node], key: str, path: str, parse: Callable[[yaml.Node, str], T], default: T
+    ) -> T:
         node = fields.get(key)
         if node is None:
             return default
@@ -215,8 +215,15 @@ class _Reader:
 # ---------------------------------------------------------------------------------------------
 _TOP_KEYS = ("admin", "workers", "log", "timeouts", "listeners", "backends", "swarm")
 _LISTENER_KEYS = (
-    "name", "bind", "mode", "backend", "routes", "accept_proxy", "forwarded",
-    "max_connections", "max_datagram_size",
+    "name",
+    "bind",
+    "mode",
+    "backend",
+    "routes",
+    "accept_proxy",
+    "forwarded",
+    "max_connections",
+    "max_datagram_size",
 )
 _BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm")
 _HEALTH_KEYS = ("type", "interval", "timeout", "rise", "fall", "path", "expect", "port")
@@ -245,7 +252,9 @@ class _Builder:
         return LogConfig(
             level=self.r.optional(f, "level", path, lambda n, p: self.r.choice(n, p, levels), "info"),
             access=self.r.optional(f, "access", path, self.r.text, "stderr"),
-            format=cast(Any, self.r.optional(f, "format", path, lambda n, p: self.r.choice(n, p, ("json", "text")), "json")),
+            format=cast(
+                Any, self.r.optional(f, "format", path, lambda n, p: self.r.choice(n, p, ("json", "text")), "json")
+            ),
         )
 
     def admin(self, node: yaml.Node, path: str) -> AdminConfig:
@@ -256,7 +265,8 @@ class _Builder:
         token = self.r.optional(f, "token", path, self.r.text, None)
         if token is None and not is_loopback(bind.host):
             self.r.error(
-                f["bind"], f"{path}.bind",
+                f["bind"],
+                f"{path}.bind",
                 f"{bind} is not a loopback address: set admin.token so /metrics and /status "
                 "are not open to the network",
             )
@@ -278,7 +288,9 @@ class _Builder:
         if "name" not in f or "bind" not in f:
             raise _Invalid()
         name = self.r.text(f["name"], f"{path}.name")
-        mode = cast(Any, self.r.optional(f, "mode", path, lambda n, p: self.r.choice(n, p, ("tcp", "http", "udp")), "tcp"))
+        mode = cast(
+            Any, self.r.optional(f, "mode", path, lambda n, p: self.r.choice(n, p, ("tcp", "http", "udp")), "tcp")
+        )
         bind = tuple(
             self.r.each(f["bind"], f"{path}.bind", lambda n, p: self.r.convert(n, p, parse_address), scalar_ok=True)
         )
@@ -327,7 +339,9 @@ class _Builder:
             accept_proxy=accept_proxy,
             forwarded=forwarded,
             max_connections=self.r.optional(f, "max_connections", path, lambda n, p: self.r.integer(n, p, 1), 10000),
-            max_datagram_size=self.r.optional(f, "max_datagram_size", path, lambda n, p: self.r.integer(n, p, 1, 65535), 65535),
+            max_datagram_size=self.r.optional(
+                f, "max_datagram_size", path, lambda n, p: self.r.integer(n, p, 1, 65535), 65535
+            ),
         )
 
     def forwarded_headers(self, node: yaml.Node, path: str) -> tuple[str, ...]:
@@ -357,7 +371,9 @@ class _Builder:
         d = Health()
         r = self.r
         return Health(
-            type=cast(Any, r.optional(f, "type", path, lambda n, p: r.choice(n, p, ("tcp", "http", "none")), str(d.type))),
+            type=cast(
+                Any, r.optional(f, "type", path, lambda n, p: r.choice(n, p, ("tcp", "http", "none")), str(d.type))
+            ),
             interval=r.optional(f, "interval", path, r.duration, d.interval),
             timeout=r.optional(f, "timeout", path, r.duration, d.timeout),
             rise=r.optional(f, "rise", path, lambda n, p: r.integer(n, p, 1, 100), d.rise),
@@ -380,7 +396,9 @@ class _Builder:
                 return lo, hi
         except ValueError:
             pass
-        raise self.r.fail(node, path, f"invalid expect {text!r}: use a status (200), a class (2xx) or a range (200-399)")
+        raise self.r.fail(
+            node, path, f"invalid expect {text!r}: use a status (200), a class (2xx) or a range (200-399)"
+        )
 
     def server(self, node: yaml.Node, path: str) -> ServerConfig:
         def to_addr(n: yaml.Node, p: str) -> Address:
@@ -411,8 +429,19 @@ class _Builder:
         r = self.r
         return Backend(
             name=name,
-            balance=cast(Any, r.optional(f, "balance", path, lambda n, p: r.choice(n, p, ("roundrobin", "leastconn", "source", "random")), "roundrobin")),
-            send_proxy=cast(Any, r.optional(f, "send_proxy", path, lambda n, p: r.choice(n, p, ("none", "v1", "v2")), "none")),
+            balance=cast(
+                Any,
+                r.optional(
+                    f,
+                    "balance",
+                    path,
+                    lambda n, p: r.choice(n, p, ("roundrobin", "leastconn", "source", "random")),
+                    "roundrobin",
+                ),
+            ),
+            send_proxy=cast(
+                Any, r.optional(f, "send_proxy", path, lambda n, p: r.choice(n, p, ("none", "v1", "v2")), "none")
+            ),
             retries=r.optional(f, "retries", path, lambda n, p: r.integer(n, p, 0, 100), 2),
             health=r.optional(f, "health", path, self.health, Health()),
             servers=tuple(r.optional(f, "servers", path, lambda n, p: r.each(n, p, self.server), [])),
@@ -426,7 +455,12 @@ class _Builder:
 
         def manager(n: yaml.Node, p: str) -> str:
             url = r.text(n, p)
-            if not (url.startswith("unix://") or url.startswith("tcp://") or url.startswith("http://") or url.startswith("https://")):
+            if not (
+                url.startswith("unix://")
+                or url.startswith("tcp://")
+                or url.startswith("http://")
+                or url.startswith("https://")
+            ):
                 raise r.fail(n, p, f"'{url}' must start with unix://, tcp://, http:// or https://")
             return url
 
@@ -440,10 +474,8 @@ class _Builder:
         def node_addresses(n: yaml.Node, p: str) -> MappingProxyType[str, str]:
             out: dict[str, str] = {}
             for key, _kn, vn in r.items(n, p):
-                try:
+                with contextlib.suppress(_Invalid):
                     out[key] = r.convert(vn, f"{p}.{key}", lambda t: parse_network(t).network_address.compressed)
-                except _Invalid:
-                    pass
             return MappingProxyType(out)
 
         managers = r.optional(f, "managers", path, lambda n, p: r.each(n, p, manager, scalar_ok=True), list(d.managers))
@@ -531,7 +563,11 @@ def parse_config(raw: bytes, path: str = "<config>") -> Config:
     for i, (lst, node) in enumerate(zip(listeners, listener_nodes, strict=True)):
         fields = {str(k.value): v for k, v in cast(yaml.MappingNode, node).value}
         if lst.name in names:
-            r.error(fields["name"], f"listeners[{i}].name", f"duplicate listener name '{lst.name}' (also listeners[{names[lst.name]}])")
+            r.error(
+                fields["name"],
+                f"listeners[{i}].name",
+                f"duplicate listener name '{lst.name}' (also listeners[{names[lst.name]}])",
+            )
         names.setdefault(lst.name, i)
         refs: list[tuple[str, yaml.Node, str]] = []
         if lst.backend is not None:
@@ -552,7 +588,9 @@ def parse_config(raw: bytes, path: str = "<config>") -> Config:
             for ref, rnode, rpath in refs:
                 be = backends.get(ref)
                 if be is not None and be.send_proxy == "v1":
-                    r.error(rnode, rpath, f"backend '{ref}' has send_proxy: v1, which has no datagram form; use v2 for udp")
+                    r.error(
+                        rnode, rpath, f"backend '{ref}' has send_proxy: v1, which has no datagram form; use v2 for udp"
+                    )
     # Two listeners on one address (or one listener twice) would fail at bind time: say so now.
     seen_binds: list[tuple[Address, str, int]] = []
     for i, lst in enumerate(listeners):
@@ -561,12 +599,20 @@ def parse_config(raw: bytes, path: str = "<config>") -> Config:
             for other, oproto, oi in seen_binds:
                 if oproto == proto and _binds_clash(addr, other):
                     node = {str(k.value): v for k, v in cast(yaml.MappingNode, listener_nodes[i]).value}["bind"]
-                    r.error(node, f"listeners[{i}].bind", f"{addr} clashes with {other} of listeners[{oi}] ({listeners[oi].name})")
+                    r.error(
+                        node,
+                        f"listeners[{i}].bind",
+                        f"{addr} clashes with {other} of listeners[{oi}] ({listeners[oi].name})",
+                    )
                     break
             seen_binds.append((addr, proto, i))
     for name, be in backends.items():
         if be.swarm is not None and swarm is None:
-            r.error(backend_lines.get(name), f"backends.{name}.swarm", "needs a top-level 'swarm:' section (which managers to ask)")
+            r.error(
+                backend_lines.get(name),
+                f"backends.{name}.swarm",
+                "needs a top-level 'swarm:' section (which managers to ask)",
+            )
         # A tcp check on a udp port always fails; default udp backends to no active check.
         if name in udp_backends and "health" not in _keys(top["backends"], name):
             backends[name] = _replace_health(be, Health(type="none"))

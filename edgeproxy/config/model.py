@@ -158,9 +158,7 @@ class Config:
 
     def summary(self) -> str:
         """The one line ``edgeproxy check`` prints for a valid file."""
-        listeners = ", ".join(
-            f"{lst.name} ({lst.mode} {' '.join(map(str, lst.bind))})" for lst in self.listeners
-        )
+        listeners = ", ".join(f"{lst.name} ({lst.mode} {' '.join(map(str, lst.bind))})" for lst in self.listeners)
         static = sum(len(b.servers) for b in self.backends.values())
         swarm = sum(1 for b in self.backends.values() if b.swarm)
         parts = [
@@ -168,9 +166,6 @@ class Config:
             f"{len(self.backends)} backend(s), {static} static server(s)",
         ]
         if self.swarm:
-            parts.append(
-                f"swarm: {swarm} backend(s) from services"
-                + (", labels on" if self.swarm.labels else "")
-            )
+            parts.append(f"swarm: {swarm} backend(s) from services" + (", labels on" if self.swarm.labels else ""))
         parts.append(f"workers: {self.workers}")
         return f"{self.path}: configuration OK; " + "; ".join(parts)

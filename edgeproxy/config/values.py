@@ -78,9 +78,7 @@ def parse_address(text: str, *, allow_hostname: bool = False, default_host: str 
                 host = str(ipaddress.IPv4Address(host))
             except ValueError:
                 if not allow_hostname or not _HOSTNAME.match(host):
-                    raise ValueError(
-                        f"invalid address {text!r}: {host!r} is not an IP address"
-                    ) from None
+                    raise ValueError(f"invalid address {text!r}: {host!r} is not an IP address") from None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"invalid address {text!r}: port must be 1-65535")
     return Address(host, int(port_text))

@@ -1,0 +1,66 @@
+"""Command line: ``edgeproxy run | check | demo | swarm status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edgeproxy import __version__
+from edgeproxy.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "/etc/edgeproxy/edgeproxy.yaml"
+
+
+def _load_or_report(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        n = len(e.issues)
+        print(f"{path}: {n} error{'s' if n != 1 else ''}; configuration NOT valid", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    print(config.summary())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    from edgeproxy.runtime.main import serve
+
+    return serve(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeproxy",
+        description="Edge load balancer for Docker Swarm host-mode ports that hands backends "
+        "the real client address (X-Forwarded-For, PROXY protocol v1/v2).",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="run in the foreground until SIGTERM/SIGINT (SIGHUP reloads)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check", help="validate a config file and exit (0 valid, 1 invalid)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Structured logs: the access log (one line per connection / request / flow) and edgeproxy's
+own events (reload, health transitions, worker restarts), both as JSON lines (or key=value text).
+
+Access lines are buffered and flushed every ``FLUSH_INTERVAL`` or when the buffer is large: one
+write(2) per request would cost more than the proxying itself in http mode. Events are written at
+once: they are rare and an operator waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import IO, Any
+
+FLUSH_INTERVAL = 0.2
+FLUSH_BYTES = 64 * 1024
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def _now_iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def _format(record: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(record, separators=(",", ":"), default=str)
+    return " ".join(f"{k}={v}" for k, v in record.items())
+
+
+def _open(target: str) -> IO[str] | None:
+    if target == "off":
+        return None
+    if target == "stderr":
+        return sys.stderr
+    if target == "stdout":
+        return sys.stdout
+    return open(target, "a", encoding="utf-8", buffering=1)
+
+
+class Logger:
+    """Both logs of one process. ``configure`` may be called again on reload."""
+
+    def __init__(self) -> None:
+        self.level = _LEVELS["info"]
+        self.fmt = "json"
+        self.events: IO[str] = sys.stderr
+        self.access: IO[str] | None = sys.stderr
+        self._access_target = "stderr"
+        self._buffer: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.worker: int | None = None
+
+    def configure(self, level: str, access: str, fmt: str) -> None:
+        self.level = _LEVELS.get(level, 20)
+        self.fmt = fmt
+        if access != self._access_target:
+            self.flush()
+            old = self.access
+            self.access = _open(access)
+            if old not in (None, sys.stderr, sys.stdout):
+                assert old is not None
+                old.close()
+            self._access_target = access
+
+    # -- events ------------------------------------------------------------------------------
+    def event(self, level: str, msg: str, **fields: Any) -> None:
+        if _LEVELS[level] < self.level:
+            return
+        t = time.time()
+        record: dict[str, Any] = {"time": _now_iso(t), "level": level, "msg": msg}
+        if self.worker is not None:
+            record["worker"] = self.worker
+        record.update(fields)
+        self.flush()  # keep events and access lines in order
+        try:
+            self.events.write(_format(record, self.fmt) + "\n")
+            self.events.flush()
+        except (OSError, ValueError):
+            pass
+
+    def debug(self, msg: str, **fields: Any) -> None:
+        self.event("debug", msg, **fields)
+
+    def info(self, msg: str, **fields: Any) -> None:
+        self.event("info", msg, **fields)
+
+    def warning(self, msg: str, **fields: Any) -> None:
+        self.event("warning", msg, **fields)
+
+    def error(self, msg: str, **fields: Any) -> None:
+        self.event("error", msg, **fields)
+
+    # -- access ------------------------------------------------------------------------------
+    def access_line(self, record: dict[str, Any]) -> None:
+        if self.access is None:
+            return
+        line = _format({"time": _now_iso(time.time()), **record}, self.fmt) + "\n"
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buffer or self.access is None:
+            return
+        data = "".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        try:
+            self.access.write(data)
+            self.access.flush()
+        except (OSError, ValueError):
+            pass
+
+
+log = Logger()
+
+
+def worker_label() -> str:
+    return str(os.getpid())

@@ -1,0 +1,82 @@
+"""What the connections of one listener share: its config, the backend pools, the set of open
+connections (for drain and max_connections) and its counters. A reload calls ``update`` so new
+connections see the new settings while open ones keep theirs."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from edgeproxy.config import Listener, Timeouts
+from edgeproxy.runtime.pools import BackendPool
+
+
+class Closable(Protocol):
+    def close(self, reason: str, *, abort: bool = False) -> None: ...
+
+
+class ListenerStats:
+    __slots__ = ("bytes_in", "bytes_out", "connections_total", "ended")
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.ended: dict[str, int] = {}
+
+
+class ListenerContext:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        listener: Listener,
+        timeouts: Timeouts,
+        pools: Mapping[str, BackendPool],
+    ) -> None:
+        self.loop = loop
+        self.connections: set[Closable] = set()
+        self.stats = ListenerStats()
+        self.on_count: Callable[[int], None] | None = None  # set by the accept gate
+        self.update(listener, timeouts, pools)
+
+    def update(self, listener: Listener, timeouts: Timeouts, pools: Mapping[str, BackendPool]) -> None:
+        self.listener = listener
+        self.timeouts = timeouts
+        self.pools = pools
+        # Client and server inactivity end the same relay, so one timer with the smaller limit.
+        self.idle_timeout = min(timeouts.client_idle_for(listener.mode), timeouts.server_idle)
+        self.trusted_proxies = listener.accept_proxy.trusted if listener.accept_proxy else ()
+
+    def must_send_proxy_header(self, peer_ip: str) -> bool:
+        if not self.trusted_proxies:
+            return False
+        addr = ipaddress.ip_address(peer_ip.partition("%")[0])
+        return any(addr in net for net in self.trusted_proxies)
+
+    def pool_for_connection(self) -> BackendPool | None:
+        name = self.listener.backend
+        return self.pools.get(name) if name is not None else None
+
+    def opened(self, conn: Closable) -> None:
+        self.connections.add(conn)
+        self.stats.connections_total += 1
+        if self.on_count is not None:
+            self.on_count(len(self.connections))
+
+    def closed(self, conn: Closable, reason: str, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        self.connections.discard(conn)
+        stats = self.stats
+        stats.bytes_in += bytes_in
+        stats.bytes_out += bytes_out
+        stats.ended[reason] = stats.ended.get(reason, 0) + 1
+        if self.on_count is not None:
+            self.on_count(len(self.connections))
+
+    def close_all(self, reason: str, *, abort: bool = False) -> None:
+        for conn in list(self.connections):
+            conn.close(reason, abort=abort)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.listener.name, "active": len(self.connections)}

@@ -1,0 +1,252 @@
+"""TCP mode: accept, pick a server, connect (with retries), send the PROXY header, relay.
+
+One ``TcpConnection`` per client. Its client side is the asyncio Protocol of the accepted
+transport; the upstream side is a small ``_Upstream`` protocol that forwards into it. Both
+directions are plain ``transport.write`` calls with backpressure tied across the pair: when one
+transport's write buffer passes its high-water mark (``pause_writing``), reading from the other
+side stops until it drains. Nothing else buffers, so memory per connection is bounded by the two
+transports' high-water marks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+from edgeproxy.log import log
+from edgeproxy.net.accept_proxy import ClientAddressReader
+from edgeproxy.net.upstream import connect_upstream
+
+if TYPE_CHECKING:
+    from edgeproxy.balance import Server
+    from edgeproxy.net.context import ListenerContext
+
+
+class _Upstream(asyncio.Protocol):
+    """The server side of one relayed connection; every event is handed to the owner."""
+
+    __slots__ = ("conn", "peer")
+
+    def __init__(self, conn: TcpConnection) -> None:
+        self.conn = conn
+        self.peer: asyncio.Transport | None = None  # the client's transport, once relaying
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.bytes_out += len(data)
+        conn.last_activity = conn.loop.time()
+        cast(asyncio.Transport, self.peer).write(data)
+
+    def eof_received(self) -> bool:
+        self.conn.server_eof()
+        return True  # keep our write side open: the client may still be sending
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.server_lost()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and not self.conn.client_eof:
+            self.peer.resume_reading()
+
+
+class TcpConnection(asyncio.Protocol):
+    __slots__ = (
+        "backend",
+        "bytes_in",
+        "bytes_out",
+        "client",
+        "client_eof",
+        "client_transport",
+        "closed",
+        "ctx",
+        "dest",
+        "header_reader",
+        "idle_handle",
+        "last_activity",
+        "loop",
+        "pending",
+        "server",
+        "server_eof_seen",
+        "started",
+        "upstream",
+        "upstream_transport",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.client_transport: asyncio.Transport | None = None
+        self.upstream_transport: asyncio.Transport | None = None
+        self.upstream: _Upstream | None = None
+        self.server: Server | None = None
+        self.backend = ""
+        self.client: tuple[str, int] = ("", 0)
+        self.dest: tuple[str, int] = ("", 0)
+        self.pending: list[bytes] = []  # client bytes that arrived before the upstream was ready
+        self.header_reader: ClientAddressReader | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.client_eof = False
+        self.server_eof_seen = False
+        self.closed: str | None = None
+        self.started = self.last_activity = self.loop.time()
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    # -- client side ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = self.client_transport = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        ctx.opened(self)
+        peer = t.get_extra_info("peername")
+        local = t.get_extra_info("sockname")
+        self.client = (peer[0], peer[1])
+        self.dest = (local[0], local[1])
+        self.idle_handle = self.loop.call_later(ctx.idle_timeout, self._check_idle)
+        if ctx.must_send_proxy_header(peer[0]):
+            self.header_reader = ClientAddressReader(ctx, self)
+            return
+        t.pause_reading()  # until the upstream is connected: no unbounded buffering meanwhile
+        self._start_connect()
+
+    def proxy_header_done(self, client: tuple[str, int], dest: tuple[str, int], rest: bytes) -> None:
+        """Called by the accept_proxy reader once a trusted peer's header has been parsed."""
+        self.header_reader = None
+        self.client, self.dest = client, dest
+        if rest:
+            self.pending.append(rest)
+        cast(asyncio.Transport, self.client_transport).pause_reading()
+        self._start_connect()
+
+    def _start_connect(self) -> None:
+        self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        ctx = self.ctx
+        pool = ctx.pool_for_connection()
+        if pool is None:
+            self.close("no_server")
+            return
+        upstream = _Upstream(self)
+        result = await connect_upstream(ctx, pool, self.client[0], lambda: upstream)
+        if self.closed is not None:  # the client went away while we were connecting
+            if result is not None:
+                result[0].close()
+                result[1].release()
+            return
+        if result is None:
+            self.close("connect_failed")
+            return
+        transport, self.server = result
+        self.upstream_transport = transport
+        self.upstream = upstream
+        self.backend = pool.name
+        header = pool.proxy_header(self.client, self.dest)
+        if header or self.pending:
+            transport.write(header + b"".join(self.pending))
+            self.pending.clear()
+        client = cast(asyncio.Transport, self.client_transport)
+        upstream.peer = client
+        if self.client_eof:
+            if transport.can_write_eof():
+                transport.write_eof()
+        else:
+            client.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.upstream_transport is not None:
+            self.bytes_in += len(data)
+            self.upstream_transport.write(data)
+        elif self.header_reader is not None:
+            self.header_reader.feed(data)
+        else:
+            self.bytes_in += len(data)
+            self.pending.append(data)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.header_reader is not None:
+            self.close("client_closed")
+            return False
+        up = self.upstream_transport
+        if up is not None and up.can_write_eof():
+            up.write_eof()
+        if self.server_eof_seen:
+            self.close("client_closed")
+            return False
+        return True  # half-close: the reply may still be on its way to the client
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close("client_closed" if self.closed is None else self.closed)
+
+    def pause_writing(self) -> None:
+        if self.upstream_transport is not None:
+            self.upstream_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream_transport is not None and not self.server_eof_seen:
+            self.upstream_transport.resume_reading()
+
+    # -- server side -----------------------------------------------------------------------------
+    def server_eof(self) -> None:
+        self.server_eof_seen = True
+        client = self.client_transport
+        if client is not None and client.can_write_eof():
+            client.write_eof()
+        if self.client_eof:
+            self.close("server_closed")
+
+    def server_lost(self) -> None:
+        if self.closed is None:
+            self.close("server_closed")
+
+    # -- ending ----------------------------------------------------------------------------------
+    def _check_idle(self) -> None:
+        if self.closed is not None:
+            return
+        now = self.loop.time()
+        deadline = self.last_activity + self.ctx.idle_timeout
+        if now >= deadline:
+            self.close("idle_timeout")
+        else:
+            self.idle_handle = self.loop.call_at(deadline, self._check_idle)
+
+    def close(self, reason: str, *, abort: bool = False) -> None:
+        """End both sides once; buffered bytes are still flushed unless ``abort``."""
+        if self.closed is not None:
+            return
+        self.closed = reason
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        for t in (self.client_transport, self.upstream_transport):
+            if t is not None:
+                if abort:
+                    t.abort()
+                else:
+                    t.close()
+        server = self.server
+        if server is not None:
+            server.release()
+        ctx = self.ctx
+        ctx.closed(self, reason, self.bytes_in, self.bytes_out)
+        log.access_line(
+            {
+                "listener": ctx.listener.name,
+                "client": _hostport(self.client),
+                "backend": self.backend or ctx.listener.backend,
+                "server": server.name if server is not None else None,
+                "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+                "duration_ms": round((self.loop.time() - self.started) * 1000, 1),
+                "end": reason,
+            }
+        )
+
+
+def _hostport(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,71 @@
+"""Listening sockets, owned by the runtime so that a reload keeps every socket whose address
+stays: a socket that is never closed cannot refuse a connection (SPEC.md "Reload")."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+from edgeproxy.config import Address, Listener
+
+SocketKey = tuple[str, str, int]  # ("tcp" | "udp", host, port)
+BACKLOG = 1024
+
+
+def socket_key(listener: Listener, addr: Address) -> SocketKey:
+    return ("udp" if listener.mode == "udp" else "tcp", addr.host, addr.port)
+
+
+def bind_socket(key: SocketKey) -> socket.socket:
+    proto, host, port = key
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # [::]:80 next to 0.0.0.0:80 must not claim the IPv4 side too (nginx's ipv6only=on).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class SocketSet:
+    """The open listening sockets by (proto, host, port)."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[SocketKey, socket.socket] = {}
+
+    def ensure(self, keys: Iterable[SocketKey]) -> list[SocketKey]:
+        """Bind whatever is missing; on any failure close what this call bound and raise."""
+        added: list[SocketKey] = []
+        try:
+            for key in keys:
+                if key not in self.sockets:
+                    self.sockets[key] = bind_socket(key)
+                    added.append(key)
+        except OSError as e:
+            for key in added:
+                self.sockets.pop(key).close()
+            proto, host, port = key
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise OSError(e.errno, f"cannot bind {proto} {where}: {e.strerror}") from None
+        return added
+
+    def get(self, key: SocketKey) -> socket.socket:
+        return self.sockets[key]
+
+    def retain(self, keys: set[SocketKey]) -> None:
+        """Close the sockets no longer listed."""
+        for key in list(self.sockets):
+            if key not in keys:
+                self.sockets.pop(key).close()
+
+    def close(self) -> None:
+        self.retain(set())

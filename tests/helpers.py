@@ -1,0 +1,252 @@
+"""Real components for the tests: edgeproxy as a subprocess, threaded backends on loopback.
+
+Backends that receive a PROXY header parse it with the independent ``proxyprotocol`` package,
+never with edgeproxy's own parser, so a bug in ours cannot hide itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from proxyprotocol import ProxyProtocolIncompleteError
+from proxyprotocol.detect import ProxyProtocolDetect
+from proxyprotocol.result import ProxyResult
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while True:
+        with socket.socket(family) as s:
+            try:
+                s.connect((host, port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nothing listens on {hostport(host, port)}") from None
+        time.sleep(0.02)
+
+
+def connect(host: str, port: int, source: str | None = None, timeout: float = 10.0) -> socket.socket:
+    """A client socket, optionally bound to a chosen loopback source address (127.0.0.x)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family)
+    s.settimeout(timeout)
+    if source is not None:
+        s.bind((source, 0))
+    s.connect((host, port))
+    return s
+
+
+def recv_all(s: socket.socket, limit: int = 1 << 30) -> bytes:
+    chunks = []
+    total = 0
+    while total < limit:
+        data = s.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+def read_proxy_header(conn: socket.socket) -> tuple[ProxyResult, bytes]:
+    """Read exactly one PROXY header (as a real PROXY-aware server would) with proxyprotocol."""
+    pp = ProxyProtocolDetect()
+    data = b""
+    while True:
+        try:
+            return pp.unpack(data), b""
+        except ProxyProtocolIncompleteError as e:
+            want = e.want_read
+            # v1 wants "a line": read byte by byte so that no payload byte is consumed.
+            n = want.want_bytes
+            more = conn.recv(n, socket.MSG_WAITALL) if n is not None else conn.recv(1)
+            if not more:
+                raise ConnectionError(f"EOF inside PROXY header after {data!r}") from None
+            data += more
+
+
+@dataclass
+class Seen:
+    """What a backend saw on one connection."""
+
+    peer: tuple[str, int]
+    proxy: ProxyResult | None = None
+    data: bytes = b""
+
+
+@dataclass
+class Backend:
+    """A threaded TCP server on loopback. ``handler(conn, seen)`` serves one connection."""
+
+    handler: Callable[[socket.socket, Seen], None]
+    host: str = "127.0.0.1"
+    expect_proxy: bool = False
+    port: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    _sock: socket.socket | None = None
+    _stop: bool = False
+
+    def __post_init__(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        s = socket.socket(family)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.host, self.port))
+        s.listen(256)
+        self.port = s.getsockname()[1]
+        self._sock = s
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return hostport(self.host, self.port)
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        while not self._stop:
+            try:
+                conn, peer = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, peer: Any) -> None:
+        seen = Seen(peer=(peer[0], peer[1]))
+        try:
+            with conn:
+                if self.expect_proxy:
+                    seen.proxy, _ = read_proxy_header(conn)
+                self.seen.append(seen)
+                self.handler(conn, seen)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stop = True
+        if self._sock is not None:
+            self._sock.close()
+
+
+def echo_handler(conn: socket.socket, seen: Seen) -> None:
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+def whoami_handler(conn: socket.socket, seen: Seen) -> None:
+    """Answer with who the backend thinks the client is, then echo."""
+    if seen.proxy is not None and seen.proxy.proxied:
+        src, dst = seen.proxy.source, seen.proxy.dest
+        conn.sendall(f"src={hostport(str(src[0]), src[1])} dst={hostport(str(dst[0]), dst[1])}\n".encode())
+    else:
+        conn.sendall(f"peer={hostport(*seen.peer)}\n".encode())
+    echo_handler(conn, seen)
+
+
+class EdgeProxy:
+    """``edgeproxy run`` in a subprocess on a generated config."""
+
+    def __init__(self, config: dict[str, Any], *, wait: list[tuple[str, int]] | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="edgeproxy-test-"))
+        self.config_path = self.dir / "edgeproxy.yaml"
+        self.log_path = self.dir / "stderr.log"
+        self.write_config(config)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeproxy", "run", "-c", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
+        # Ready when it logs "edgeproxy started" (all sockets bound): no probe connection, so
+        # backends see only the tests' own clients.
+        try:
+            self.wait_log(lambda r: r.get("msg") == "edgeproxy started", timeout=15)
+        except AssertionError:
+            self.stop()
+            raise RuntimeError(f"edgeproxy did not start:\n{self.log()}") from None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        tmp.replace(self.config_path)
+
+    def send(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        import json
+
+        out = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            for rec in self.log_lines():
+                if predicate(rec):
+                    return rec
+            time.sleep(0.05)
+        raise AssertionError(f"no matching log line within {timeout}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+@contextlib.contextmanager
+def edgeproxy(config: dict[str, Any], wait: list[tuple[str, int]] | None = None) -> Iterator[EdgeProxy]:
+    proxy = EdgeProxy(config, wait=wait)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
