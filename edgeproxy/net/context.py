@@ -11,20 +11,11 @@ from typing import Any, Protocol
 
 from edgeproxy.config import Listener, Timeouts
 from edgeproxy.runtime.pools import BackendPool
+from edgeproxy.stats import ListenerStats
 
 
 class Closable(Protocol):
     def close(self, reason: str, *, abort: bool = False) -> None: ...
-
-
-class ListenerStats:
-    __slots__ = ("bytes_in", "bytes_out", "connections_total", "ended")
-
-    def __init__(self) -> None:
-        self.connections_total = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.ended: dict[str, int] = {}
 
 
 class ListenerContext:

@@ -39,6 +39,7 @@ async def connect_upstream(
         if server is None:
             break
         server.acquire()
+        started = loop.time()
         try:
             async with asyncio.timeout(ctx.timeouts.connect):
                 transport, _ = await loop.create_connection(factory, server.host, server.port)
@@ -54,6 +55,7 @@ async def connect_upstream(
                 error=_describe(e),
             )
             continue
+        ctx.stats.connect_time.observe(loop.time() - started)
         return transport, server
     return None
 

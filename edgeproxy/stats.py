@@ -1,0 +1,54 @@
+"""Counters the data path updates and the admin endpoint reads (pull model: a scrape reads
+these plain attributes; nothing on the hot path formats or locks anything)."""
+
+from __future__ import annotations
+
+import bisect
+
+# Prometheus-style upper bounds in seconds: 0.5 ms .. 30 s covers a loopback hop to a slow app.
+DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Histogram:
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # last slot: above the largest bound (+Inf)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def cumulative(self) -> list[int]:
+        out, total = [], 0
+        for c in self.counts:
+            total += c
+            out.append(total)
+        return out
+
+
+class ListenerStats:
+    """Per listener; connections for tcp/http, flows for udp."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "connect_time",
+        "connections_total",
+        "ended",
+        "request_duration",
+        "requests",
+    )
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.ended: dict[str, int] = {}  # why connections ended: client_closed, idle_timeout, ...
+        self.requests: dict[int, int] = {}  # http: responses by status code
+        self.request_duration = Histogram()  # http: first byte of request -> last byte of response
+        self.connect_time = Histogram()  # upstream connect() duration
