@@ -40,6 +40,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def cmd_swarm_status(args: argparse.Namespace) -> int:
+    """0: a manager answered; 1: the config is invalid or has no swarm section; 2: no manager answered."""
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    if config.swarm is None:
+        print(f"{args.config}: no 'swarm:' section: swarm discovery is off", file=sys.stderr)
+        return 1
+    import asyncio
+    import json
+
+    from edgeproxy.discovery.status import gather, render
+
+    status = asyncio.run(gather(config))
+    print(json.dumps(status, indent=2) if args.json else render(status), end="\n" if args.json else "")
+    return 0 if status.get("answered") else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproxy",
@@ -54,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file and exit (0 valid, 1 invalid)")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("swarm", help="swarm discovery tools")
+    swarm = p.add_subparsers(dest="swarm_command", required=True, metavar="SUBCOMMAND")
+    p = swarm.add_parser("status", help="managers, quorum, services, tasks and the servers they give")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_swarm_status)
     return parser
 
 

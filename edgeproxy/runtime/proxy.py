@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edgeproxy.config import Config, ConfigError, Listener, load_config
 from edgeproxy.log import log
@@ -22,6 +22,9 @@ from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_key
+
+if TYPE_CHECKING:
+    from edgeproxy.discovery.swarm import SwarmDiscovery
 
 
 class Serving(Protocol):
@@ -65,6 +68,9 @@ class Proxy:
         self.config = config
         self.sockets = SocketSet()
         self.pools: dict[str, BackendPool] = {}
+        # Backends that swarm discovery built from service labels: also in `pools`, kept by reloads.
+        self.label_pools: dict[str, BackendPool] = {}
+        self.swarm: SwarmDiscovery | None = None
         self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
         self.retired: list[ListenerContext] = []  # removed by a reload, connections still open
@@ -102,7 +108,16 @@ class Proxy:
     def _make_components(self) -> list[Component]:
         """Health checks, discovery and admin, where the modules exist and are configured."""
         comps: list[Component] = []
+        if self.config.swarm is not None:
+            comps.append(self._make_swarm())
         return comps
+
+    def _make_swarm(self) -> Component:
+        """Swarm discovery (imported only when configured); ``self.swarm`` for /metrics and /status."""
+        from edgeproxy.discovery.swarm import SwarmDiscovery
+
+        self.swarm = SwarmDiscovery(self)
+        return self.swarm
 
     def _socket_keys(self, cfg: Config) -> list[SocketKey]:
         return [socket_key(lst, a) for lst in cfg.listeners for a in lst.bind]
@@ -141,6 +156,8 @@ class Proxy:
             elif pool.config != be:
                 pool.reconfigure(be)
             pools[name] = pool
+        for name, pool in self.label_pools.items():
+            pools.setdefault(name, pool)  # a backend of the same name in the config wins
         for name, pool in self.pools.items():
             if name not in pools:
                 pool.set_source("static", [])
@@ -162,6 +179,10 @@ class Proxy:
         self.sockets.retain(set(self._socket_keys(new)))
         for comp in self.components:
             await comp.reload(new)
+        if new.swarm is not None and self.swarm is None:  # a 'swarm:' section added by this reload
+            comp = self._make_swarm()
+            self.components.append(comp)
+            await comp.start()
         self.reloads.success += 1
         self.reloads.last_time = time.time()
         self.reloads.last_result = "success"
