@@ -31,6 +31,11 @@ class _Upstream(asyncio.Protocol):
         self.conn = conn
         self.peer: asyncio.Transport | None = None  # the client's transport, once relaying
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A server that speaks first (SMTP, MySQL, a banner) can have bytes here before the
+        # connecting task has wired ``peer``: hold them in the kernel until it has.
+        cast(asyncio.Transport, transport).pause_reading()
+
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         conn.bytes_out += len(data)
@@ -150,6 +155,7 @@ class TcpConnection(asyncio.Protocol):
             self.pending.clear()
         client = cast(asyncio.Transport, self.client_transport)
         upstream.peer = client
+        transport.resume_reading()
         if self.client_eof:
             if transport.can_write_eof():
                 transport.write_eof()
