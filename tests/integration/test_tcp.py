@@ -34,7 +34,8 @@ def tcp_config(port: int, servers: list[Any], *, host: str = "127.0.0.1", **back
     cfg: dict[str, Any] = {
         "timeouts": {"connect": "1s", "client_idle": "30s", "server_idle": "30s", "drain": "10s"},
         "listeners": [{"name": "front", "bind": binds, "mode": "tcp", "backend": "app"}],
-        "backends": {"app": {"servers": servers, **backend}},
+        # No active checks here: they would add connections to what the backends count.
+        "backends": {"app": {"servers": servers, "health": {"type": "none"}, **backend}},
     }
     return cfg
 
