@@ -236,7 +236,9 @@ class Proxy:
             if prev is not None and prev.mode == listener.mode and prev.bind == listener.bind:
                 self.contexts[listener.name].update(listener, new.timeouts, self.pools)
             else:
-                stats = None
+                # Same name, same counters: a re-created listener (new bind or mode, or back
+                # while its old self still drains) continues its series instead of resetting it.
+                stats = next((c.stats for c in self.retired if c.listener.name == listener.name), None)
                 if prev is not None and listener.name in self.contexts:
                     stats = self.contexts[listener.name].stats
                     await self._retire(listener.name)

@@ -294,7 +294,6 @@ def test_many_clients_in_parallel_each_get_their_own_bytes() -> None:
     assert Counter(s.peer[0] for s in backend.seen)["127.0.0.1"] == 60
 
 
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_server_that_speaks_first_reaches_every_client(workers: int) -> None:
     """A banner sent the instant the server accepts must not arrive before the relay is wired."""
