@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from edgeproxy.admin.metrics import Family
 from edgeproxy.config import Config, Route
 from edgeproxy.config.model import SwarmConfig
 from edgeproxy.discovery.docker_api import DockerAPI, DockerError
@@ -35,22 +36,14 @@ from edgeproxy.discovery.swarm_model import (
     route_order,
 )
 from edgeproxy.log import log
-from edgeproxy.net.context import ListenerContext
+from edgeproxy.runtime import labelsync
+from edgeproxy.runtime.labelsync import LabelHost
 from edgeproxy.runtime.pools import BackendPool
 
 FAST_POLL = 0.5  # seconds between re-lists while tasks are in transit (a re-list is ~5 ms of API calls)
 SETTLE_WINDOW = 30.0  # ... for at most this long after the last change (a task may stay pending forever)
 DEBOUNCE = 0.1  # one change arrives as several events: re-list once for the burst
 EVENT_FILTERS = {"type": ["service", "node"]}
-
-
-class DiscoveryHost(Protocol):
-    """What discovery updates: the running proxy (runtime/proxy.py ``Proxy``)."""
-
-    config: Config
-    pools: dict[str, BackendPool]
-    contexts: dict[str, ListenerContext]
-    label_pools: dict[str, BackendPool]
 
 
 async def fetch_snapshot(api: DockerAPI, select: Callable[[Service], bool]) -> Snapshot:
@@ -79,13 +72,13 @@ async def fetch_snapshot(api: DockerAPI, select: Callable[[Service], bool]) -> S
 class SwarmDiscovery:
     """A runtime component (``start``/``reload``/``stop``).
 
-    Metrics, read by the admin endpoint as plain attributes:
-    ``swarm_up`` (bool), ``refreshes_total``, ``refresh_errors_total``, ``events_total``,
-    ``last_success`` (unix time, 0 before the first), ``last_refresh_seconds``, ``manager``
-    (URL of the manager that answered last), ``last_error``; ``describe()`` for /status.
+    Counters as plain attributes: ``swarm_up`` (bool), ``refreshes_total``,
+    ``refresh_errors_total``, ``events_total``, ``last_success`` (unix time, 0 before the first),
+    ``last_refresh_seconds``, ``manager`` (URL of the manager that answered last), ``last_error``;
+    ``collect()`` turns them into /metrics families, ``describe()`` is the /status section.
     """
 
-    def __init__(self, host: DiscoveryHost) -> None:
+    def __init__(self, host: LabelHost) -> None:
         self.host = host
         self.swarm_up = False
         self.refreshes_total = 0
@@ -290,40 +283,33 @@ class SwarmDiscovery:
         assert cfg.swarm is not None
         result = resolve(snap, cfg.backends, cfg.listeners, cfg.swarm)
         self.result = result
-        changed = False
+        for name, lb in result.labelled.items():
+            if name not in host.label_pools:
+                route = lb.route
+                log.info(
+                    "swarm: backend from service labels",
+                    backend=name,
+                    port=lb.port,
+                    listener=lb.listener,
+                    host=route.host if route else None,
+                    path_prefix=route.path_prefix if route else None,
+                )
+        routes: dict[str, list[Route]] = {}
+        for lb in result.labelled.values():
+            if lb.listener is not None and lb.route is not None:
+                routes.setdefault(lb.listener, []).append(lb.route)
+        changed = labelsync.adopt(
+            host,
+            {name: lb.backend for name, lb in result.labelled.items()},
+            {name: tuple(sorted(rs, key=route_order)) for name, rs in routes.items()},
+        )
+        for name in [n for n in self._shown if n not in result.servers]:
+            del self._shown[name]
         for name, servers in result.servers.items():
-            if name in cfg.backends:
-                pool = host.pools.get(name)
-            else:
-                lb = result.labelled[name]
-                pool = host.label_pools.get(name)
-                if pool is None:
-                    pool = host.label_pools[name] = BackendPool(lb.backend)
-                    log.info(
-                        "swarm: backend from service labels",
-                        backend=name,
-                        port=lb.port,
-                        listener=lb.listener,
-                        host=lb.route.host if lb.route else None,
-                        path_prefix=lb.route.path_prefix if lb.route else None,
-                    )
-                elif pool.config != lb.backend:
-                    pool.reconfigure(lb.backend)
-                    log.info("swarm: backend labels changed", backend=name)
-                host.pools[name] = pool
-            if pool is None:
-                continue
-            pool.set_source("swarm", servers)
-            changed |= self._show(name, pool)
-        for name in [n for n in host.label_pools if n not in result.labelled]:
-            pool = host.label_pools.pop(name)
-            pool.set_source("swarm", [])
-            if host.pools.get(name) is pool:
-                del host.pools[name]
-            self._shown.pop(name, None)
-            changed = True
-            log.info("swarm: backend from service labels removed", backend=name)
-        self._publish_routes(result)
+            pool = host.pools.get(name)
+            if pool is not None:
+                pool.set_source("swarm", servers)
+                changed |= self._show(name, pool)
         problems = set(result.problems)
         for p in sorted(problems - self._problems):
             log.warning("swarm: " + p)
@@ -340,26 +326,11 @@ class SwarmDiscovery:
         log.info("swarm: servers", backend=name, servers=now)
         return True
 
-    def _publish_routes(self, result: Discovery) -> None:
-        by_listener: dict[str, list[Route]] = {}
-        for lb in result.labelled.values():
-            if lb.listener is not None and lb.route is not None:
-                by_listener.setdefault(lb.listener, []).append(lb.route)
-        for name, ctx in self.host.contexts.items():
-            routes = tuple(sorted(by_listener.get(name, ()), key=route_order))
-            if ctx.extra_routes != routes:
-                ctx.extra_routes = routes
-
     def _clear(self) -> None:
         """The swarm section is gone: swarm servers drain, label backends and routes go."""
+        labelsync.adopt(self.host, {}, {})
         for pool in self.host.pools.values():
             pool.set_source("swarm", [])
-        for name, pool in list(self.host.label_pools.items()):
-            if self.host.pools.get(name) is pool:
-                del self.host.pools[name]
-        self.host.label_pools.clear()
-        for ctx in self.host.contexts.values():
-            ctx.extra_routes = ()
         self.swarm_up = False
         self.snapshot = self.result = None
         self._shown.clear()
@@ -403,7 +374,27 @@ class SwarmDiscovery:
         )
         self.kick()
 
-    # -- /status ------------------------------------------------------------------------------------
+    # -- /metrics and /status ------------------------------------------------------------------------
+    def collect(self) -> Iterable[Family]:
+        up = Family("edgeproxy_swarm_up", "gauge", "1 when the last refresh got an answer from a swarm manager")
+        up.add(1 if self.swarm_up else 0)
+        refreshes = Family("edgeproxy_swarm_refreshes_total", "counter", "Swarm re-lists, by result")
+        refreshes.add(self.refreshes_total, result="success")
+        refreshes.add(self.refresh_errors_total, result="failure")
+        events = Family("edgeproxy_swarm_events_total", "counter", "Service and node events received from the manager")
+        events.add(self.events_total)
+        last = Family(
+            "edgeproxy_swarm_last_success_timestamp_seconds", "gauge", "When a manager last answered (Unix time)"
+        )
+        last.add(self.last_success)
+        took = Family("edgeproxy_swarm_refresh_seconds", "gauge", "How long the last re-list took")
+        took.add(self.last_refresh_seconds)
+        problems = Family(
+            "edgeproxy_swarm_problems", "gauge", "Services discovery cannot use (ingress ports, bad labels...)"
+        )
+        problems.add(len(self._problems))
+        return [up, refreshes, events, last, took, problems]
+
     def describe(self) -> dict[str, Any]:
         swarm = self.host.config.swarm
         return {

@@ -24,12 +24,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edgeproxy.admin.metrics import Family, collect_data_plane
-from edgeproxy.config import Config, ConfigError, Listener, parse_config
+from edgeproxy.config import Config, ConfigError, Listener, Route, parse_config
 from edgeproxy.config.loader import ConfigIssue
 from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
+from edgeproxy.runtime import labelsync
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_key
 from edgeproxy.stats import ListenerStats
@@ -91,6 +92,7 @@ class Proxy:
         self.pools: dict[str, BackendPool] = {}
         # Backends that swarm discovery built from service labels: also in `pools`, kept by reloads.
         self.label_pools: dict[str, BackendPool] = {}
+        self.label_routes: dict[str, tuple[Route, ...]] = {}  # their HTTP routes, by listener
         self.swarm: SwarmDiscovery | None = None  # when configured (never in a worker)
         self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
@@ -121,6 +123,7 @@ class Proxy:
             for comp in self._make_components():
                 self.components.append(comp)
                 await comp.start()
+            self._control_plane_started()
         self._sweeper = self.loop.call_later(1.0, self._sweep_drained)
         log.info(
             self.started_msg,
@@ -132,6 +135,9 @@ class Proxy:
 
     def _start_fields(self) -> dict[str, Any]:
         return {}
+
+    def _control_plane_started(self) -> None:
+        """Components have started (discovery has had its first look); the supervisor pushes pools."""
 
     def _make_components(self) -> list[Component]:
         """Health checks, discovery and admin (control plane: once per edgeproxy)."""
@@ -203,6 +209,7 @@ class Proxy:
         try:
             self._apply_pools(new)
             await self._apply_serving(old, new, raw)
+            labelsync.publish_routes(self)  # on listeners this reload re-created too
             self.sockets.retain(set(self._socket_keys(new)))
             for comp in self.components:
                 await comp.reload(new)

@@ -23,7 +23,7 @@ from edgeproxy.config import Config, Route, parse_config
 from edgeproxy.discovery.swarm import SwarmDiscovery
 from edgeproxy.net.context import ListenerContext
 from edgeproxy.runtime.pools import BackendPool
-from tests.helpers import ROOT, EdgeProxy, free_port
+from tests.helpers import ROOT, EdgeProxy, admin_json, free_port, metric, scrape
 from tests.swarm.engine import Engine, http_get, wait_for
 
 pytestmark = pytest.mark.swarm
@@ -129,6 +129,8 @@ class Host:
         self.pools = {name: BackendPool(be) for name, be in cfg.backends.items()}
         self.contexts = {lst.name: ListenerContext(loop, lst, cfg.timeouts, self.pools) for lst in cfg.listeners}
         self.label_pools: dict[str, BackendPool] = {}
+        self.label_routes: dict[str, tuple[Route, ...]] = {}
+        self.gone_pools: list[BackendPool] = []
 
 
 def parse(cfg: dict[str, Any]) -> Config:
@@ -251,6 +253,25 @@ def test_label_backend_scaled_to_zero_and_back(
     assert t_proxy - t_task < 3.0  # polls every second while a task is starting
 
 
+def test_label_backend_reaches_every_worker(engine: Engine, service_name: str, proxy_factory: Any) -> None:
+    """workers: 2 -- discovery runs once, in the supervisor; the label backend reaches the workers."""
+    name = service_name
+    engine.create_service(name, labels={"edgeproxy.enable": "true"})
+    port = free_port()
+    cfg = config(engine, port, backend=name, labels=True)
+    cfg["workers"] = 2
+    proxy = proxy_factory(cfg)
+    # Each request is a new connection: both workers accept some of them.
+    assert all(served(port, source=f"127.0.0.{50 + i}") for i in range(8))
+    engine.docker("service", "update", "--detach", "--label-rm", "edgeproxy.enable", name)
+    wait_for(lambda: not served(port), 10, what="label removed in every worker")
+    with pytest.raises(ConnectionError):
+        http_get(port)
+    engine.docker("service", "update", "--detach", "--label-add", "edgeproxy.enable=true", name)
+    wait_for(lambda: all(served(port, source=f"127.0.0.{60 + i}") for i in range(6)), 10, what="back in every worker")
+    assert sum(1 for r in proxy.log_lines() if r.get("msg") == "swarm: backend from service labels") == 2
+
+
 # -- nodes ---------------------------------------------------------------------------------------
 def test_drained_node_gets_no_new_connections(engine: Engine, service_name: str, proxy_factory: Any) -> None:
     published = engine.create_service(service_name)
@@ -283,10 +304,17 @@ def test_drained_node_gets_no_new_connections(engine: Engine, service_name: str,
 # -- managers --------------------------------------------------------------------------------------
 def test_manager_away_keeps_last_known_servers(engine: Engine, service_name: str, proxy_factory: Any) -> None:
     published = engine.create_service(service_name)
-    port = free_port()
+    port, admin = free_port(), free_port()
     cfg = config(engine, port, backends={"app": {"swarm": {"service": service_name, "port": 80}}}, refresh="1s")
+    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
     proxy = proxy_factory(cfg)
     assert served(port)
+    m = scrape(admin)
+    assert metric(m, "edgeproxy_swarm_up") == 1
+    assert metric(m, "edgeproxy_swarm_refreshes_total", result="success") >= 1
+    server = next(s for s in admin_json(admin)["backends"][0]["servers"])
+    assert (server["source"], server["service"], server["node"]) == ("swarm", service_name, engine.hostname)
+    assert server["task"] == engine.running_tasks(service_name)[0]["ID"]
     engine.freeze()  # the API hangs, as on a manager without quorum; the task keeps running
     try:
         down = proxy.wait_log(
@@ -300,11 +328,18 @@ def test_manager_away_keeps_last_known_servers(engine: Engine, service_name: str
         assert servers_logged(proxy, "app")[-1] == [f"127.0.0.1:{published} up"]
         warnings = [r for r in proxy.log_lines() if r.get("msg", "").startswith("swarm: no manager answered")]
         assert len(warnings) == 1  # logged once, not at every retry
+        m = scrape(admin)
+        assert metric(m, "edgeproxy_swarm_up") == 0
+        assert metric(m, "edgeproxy_swarm_refreshes_total", result="failure") >= 1
+        assert metric(m, "edgeproxy_server_up", backend="app") == 1
+        st = admin_json(admin)["swarm"]
+        assert st["up"] is False and "no answer within 1s" in st["last_error"]
     finally:
         engine.thaw()
     back = proxy.wait_log(lambda r: r.get("msg") == "swarm: discovery recovered", 15)
     assert back["manager"] == engine.url
     assert served(port)
+    assert metric(scrape(admin), "edgeproxy_swarm_up") == 1
 
 
 def test_discovery_counters_follow_the_manager(engine: Engine, service_name: str) -> None:
