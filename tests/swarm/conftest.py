@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from tests.swarm.engine import Engine, missing_requirements
+from tests.helpers import EdgeProxy
+from tests.swarm.engine import Engine, Lab, missing_requirements
+from tests.swarm.support import start_proxy
 
 
 def _need_swarm() -> None:
@@ -47,6 +50,17 @@ def plain_engine() -> Iterator[Engine]:
         eng.stop()
 
 
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """A 3-manager + 1-worker swarm in network namespaces (~6 s up, ~8 s down, ~560 MiB)."""
+    _need_swarm()
+    lab = Lab().start()
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
 @pytest.fixture
 def service_name(engine: Engine, request: pytest.FixtureRequest) -> Iterator[str]:
     """A service name unique to the test; the service (if created) is removed afterwards."""
@@ -54,3 +68,18 @@ def service_name(engine: Engine, request: pytest.FixtureRequest) -> Iterator[str
     yield name
     with contextlib.suppress(RuntimeError):
         engine.docker("service", "rm", name)
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Callable[[dict[str, Any]], EdgeProxy]]:
+    """Start ``edgeproxy run`` processes; all are stopped after the test."""
+    started: list[EdgeProxy] = []
+
+    def make(cfg: dict[str, Any]) -> EdgeProxy:
+        p = start_proxy(cfg)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()

@@ -45,7 +45,12 @@ def missing_requirements() -> str | None:
     """Why a real swarm cannot run here (None when it can)."""
     if os.geteuid() != 0:
         return "needs root to run a private dockerd"
-    for tool, package in (("dockerd", "docker.io"), ("docker", "docker.io"), ("ip", "iproute2")):
+    for tool, package in (
+        ("dockerd", "docker.io"),
+        ("docker", "docker.io"),
+        ("ip", "iproute2"),
+        ("openssl", "openssl"),
+    ):
         if shutil.which(tool) is None:
             return f"no {tool} on PATH (apt-get install {package})"
     busybox = shutil.which("busybox")
@@ -211,7 +216,7 @@ class Engine:
             args += ["--bridge", bridge]
         else:
             args += ["--bridge", "none"]
-        if self.tls and shutil.which("openssl"):
+        if self.tls:
             self.tls_files = make_tls(self.dir / "tls")
             self.tls_port = free_port()
             args += ["-H", self.tls_url, "--tlsverify", "--tlscacert", self.tls_files["ca"]]
@@ -388,3 +393,51 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1, what:
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(interval)
+
+
+@dataclass
+class Lab:
+    """3 managers + 1 worker, one dockerd per network namespace on a private bridge (lab.sh)."""
+
+    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ep-lab-")))
+    tag: str = field(default_factory=lambda: f"{random.randrange(16**5):05x}")
+    net: str = ""
+    nodes: int = 4
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, LAB=str(self.dir), TAG=self.tag, NET=self.net, NODES=str(self.nodes))
+
+    def sh(self, *args: str, timeout: float = 120.0) -> str:
+        script = str(Path(__file__).with_name("lab.sh"))
+        return run([script, *args], timeout=timeout, env=self.env).stdout
+
+    def start(self) -> Lab:
+        addrs = run(["ip", "-4", "-o", "addr"]).stdout.split()
+        taken = {a.split("/")[0].rsplit(".", 1)[0] for a in addrs if a.count(".") == 3}
+        self.net = next(n for n in (f"10.77.{random.randrange(1, 255)}" for _ in range(100)) if n not in taken)
+        root = self.dir / "rootfs"
+        with tarfile.open(fileobj=io.BytesIO(image_tar())) as tar:
+            tar.extractall(root, filter="tar")
+        try:
+            self.sh("setup")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.sh("teardown", timeout=120)
+
+    def url(self, n: int) -> str:
+        return f"unix://{self.dir}/node{n}/docker.sock"
+
+    def addr(self, n: int) -> str:
+        return f"{self.net}.{10 + n}"
+
+    def docker(self, n: int, *args: str) -> str:
+        return run(["docker", "-H", self.url(n), *args]).stdout.strip()
+
+    def kill(self, n: int) -> None:
+        """The manager's dockerd dies (SIGKILL): its control plane is gone, its task keeps running."""
+        self.sh("stop", str(n), "KILL")

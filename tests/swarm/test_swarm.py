@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,8 +22,9 @@ from edgeproxy.config import Config, Route, parse_config
 from edgeproxy.discovery.swarm import SwarmDiscovery
 from edgeproxy.net.context import ListenerContext
 from edgeproxy.runtime.pools import BackendPool
-from tests.helpers import ROOT, EdgeProxy, admin_json, free_port, metric, scrape
+from tests.helpers import ROOT, admin_json, free_port, metric, scrape
 from tests.swarm.engine import Engine, http_get, wait_for
+from tests.swarm.support import served, servers_logged
 
 pytestmark = pytest.mark.swarm
 
@@ -54,43 +54,6 @@ def config(
             **swarm,
         },
     }
-
-
-def start_proxy(cfg: dict[str, Any]) -> EdgeProxy:
-    """``edgeproxy run``; skips when the config needs a mode this build does not have yet (http)."""
-    try:
-        return EdgeProxy(cfg)
-    except RuntimeError as e:
-        if "is not available in this build" in str(e):
-            pytest.skip(f"needs http mode: {str(e).splitlines()[-1][:200]}")
-        raise
-
-
-@pytest.fixture
-def proxy_factory() -> Iterator[Any]:
-    started: list[EdgeProxy] = []
-
-    def make(cfg: dict[str, Any]) -> EdgeProxy:
-        p = start_proxy(cfg)
-        started.append(p)
-        return p
-
-    yield make
-    for p in started:
-        p.stop()
-
-
-def servers_logged(proxy: EdgeProxy, backend: str) -> list[list[str]]:
-    """Every "swarm: servers" line for a backend, oldest first."""
-    return [r["servers"] for r in proxy.log_lines() if r.get("msg") == "swarm: servers" and r["backend"] == backend]
-
-
-def served(port: int, source: str = "127.0.0.31") -> bool:
-    try:
-        status, body = http_get(port, source=source, timeout=3)
-    except OSError:
-        return False
-    return status == 200 and body.startswith("remote=")
 
 
 # -- discovery and traffic -------------------------------------------------------------------------
@@ -378,8 +341,6 @@ def test_discovery_counters_follow_the_manager(engine: Engine, service_name: str
 def test_unreachable_and_non_manager_engines_are_skipped(
     engine: Engine, plain_engine: Engine, service_name: str, proxy_factory: Any
 ) -> None:
-    if not engine.tls_files:
-        pytest.skip("needs openssl for the TLS manager")
     published = engine.create_service(service_name)
     port = free_port()
     dead = f"tcp://127.0.0.1:{free_port()}"
