@@ -20,6 +20,7 @@ from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
+from edgeproxy.net.udp import UdpListener
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_key
 
@@ -47,6 +48,8 @@ def make_serving(ctx: ListenerContext, sockets: list[socket.socket]) -> Serving:
     mode = ctx.listener.mode
     if mode == "tcp":
         return TcpListener(ctx, sockets, lambda: TcpConnection(ctx))
+    if mode == "udp":
+        return UdpListener(ctx, sockets)
     raise OSError(0, f"listener {ctx.listener.name}: mode {mode} is not available in this build")
 
 
