@@ -9,7 +9,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.helpers import Datagram, EdgeProxy, UdpBackend, edgeproxy, free_port, hostport, udp_client
+from tests.helpers import (
+    Datagram,
+    EdgeProxy,
+    UdpBackend,
+    edgeproxy,
+    free_port,
+    hostport,
+    metric,
+    scrape,
+    udp_client,
+)
 
 # -- a tiny DNS: one A question, one A answer whose address says which server answered ------------
 
@@ -198,10 +208,18 @@ def test_a_dead_servers_flow_moves_on_its_next_datagram() -> None:
 def test_oversized_datagrams_are_dropped_and_small_ones_pass() -> None:
     backend = UdpBackend(lambda data, _d: data)  # echo
     port = free_port(kind=socket.SOCK_DGRAM)
+    admin = free_port()
     cfg = udp_config(port, [backend.address], listener={"max_datagram_size": 512})
+    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
     with edgeproxy(cfg), udp_client("127.0.0.41", timeout=0.5) as c:
         c.sendto(b"x" * 513, ("127.0.0.1", port))
         c.sendto(b"y" * 512, ("127.0.0.1", port))
         assert c.recvfrom(2048)[0] == b"y" * 512
+        m = scrape(admin)
     assert [len(d.payload) for d in backend.seen] == [512]
+    assert metric(m, "edgeproxy_listener_dropped_oversize_total", listener="dns") == 1
+    assert metric(m, "edgeproxy_listener_datagrams_in_total", listener="dns") == 2
+    assert metric(m, "edgeproxy_listener_datagrams_out_total", listener="dns") == 1
+    assert metric(m, "edgeproxy_active_connections", listener="dns") == 1  # the one flow
+    assert metric(m, "edgeproxy_connections_total", listener="dns") == 1
     backend.close()
