@@ -3,6 +3,7 @@ PROXY v2 headers parsed by the independent ``proxyprotocol`` package in the back
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import time
@@ -222,4 +223,20 @@ def test_oversized_datagrams_are_dropped_and_small_ones_pass() -> None:
     assert metric(m, "edgeproxy_listener_datagrams_out_total", listener="dns") == 1
     assert metric(m, "edgeproxy_active_connections", listener="dns") == 1  # the one flow
     assert metric(m, "edgeproxy_connections_total", listener="dns") == 1
+    backend.close()
+
+
+def test_sigterm_lets_an_open_flow_get_its_reply_then_ends_it_as_drain() -> None:
+    backend = UdpBackend(dns_server("192.0.2.4"))
+    port = free_port(kind=socket.SOCK_DGRAM)
+    proxy = EdgeProxy(udp_config(port, [backend.address]))  # drain: 2s
+    with udp_client("127.0.0.41") as c:
+        assert ask(c, port, 1) == "192.0.2.4"
+        proxy.send(signal.SIGTERM)
+        assert ask(c, port, 2) == "192.0.2.4"  # the open flow is still served while draining
+        t0 = time.monotonic()
+        assert proxy.stop(timeout=10) == 0
+        assert time.monotonic() - t0 < 8  # ends once quiet for 1 s, bounded by drain (2 s)
+        (line,) = access_lines(proxy)
+        assert (line["end"], line["datagrams_in"], line["datagrams_out"]) == ("drain", 2, 2)
     backend.close()
