@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from edgeproxy.config import TLSFiles
+from edgeproxy.config.model import TLSFiles
 
 API_VERSION = "v1.41"
 MAX_BODY = 64 * 1024 * 1024  # /tasks of a large cluster is a few MB; bound it anyway
