@@ -102,7 +102,10 @@ class DockerClient:
             raise ManagerUnavailable(self.url, 0, f"no answer within {self.timeout:g}s") from None
 
     async def _get(self, path: str, query: Mapping[str, str] | None) -> Any:
-        reader, writer = await self._open()
+        try:
+            reader, writer = await self._open()
+        except OSError as e:
+            raise ManagerUnavailable(self.url, 0, f"{type(e).__name__}: {e}") from None
         try:
             status, headers = await self._request(reader, writer, path, query)
             body = await _read_body(reader, headers)

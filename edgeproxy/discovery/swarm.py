@@ -131,7 +131,12 @@ class SwarmDiscovery:
     async def _refresh_loop(self) -> None:
         backoff = 1.0
         while True:
-            ok = await self.refresh()
+            try:
+                ok = await self.refresh()
+            except Exception as e:  # a bug must not stop discovery for good: log, count, go on
+                log.error("swarm: refresh failed", error=repr(e))
+                self.errors += 1
+                ok = False
             now = time.monotonic()
             if ok:
                 backoff = 1.0
@@ -158,6 +163,8 @@ class SwarmDiscovery:
                         self._wake.set()
                 except APIError:
                     continue
+                except Exception as e:  # same: never let the watcher die
+                    log.error("swarm: event stream failed", manager=client.url, error=repr(e))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.refresh)
 

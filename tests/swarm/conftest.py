@@ -98,6 +98,8 @@ class Swarm:
     ) -> None:
         """A busybox httpd service publishing target port 80 at ``published`` (host mode)."""
         args = ["service", "create", "--detach", "--name", name, "--no-resolve-image", "--replicas", str(replicas)]
+        # httpd as PID 1 ignores SIGTERM: without this every stop waits the default 10 s grace period
+        args += ["--stop-grace-period", "1s"]
         args += ["--publish", f"mode={mode},target=80,published={published}"]
         for k, v in (labels or {}).items():
             args += ["--label", f"{k}={v}"]
@@ -143,9 +145,11 @@ def swarm() -> Iterator[Swarm]:
     sock = str(d / "docker.sock")
     log = open(d / "dockerd.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["dockerd", "--storage-driver=vfs", "--data-root", str(d / "data"), "--exec-root", str(d / "exec")]
-        + ["-H", f"unix://{sock}", "--pidfile", str(d / "dockerd.pid"), "--bridge", bridge, "--ip", "127.0.0.1"]
-        + ["--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--shutdown-timeout=2"],
+        [
+            *("dockerd", "--storage-driver=vfs", "--data-root", str(d / "data"), "--exec-root", str(d / "exec")),
+            *("-H", f"unix://{sock}", "--pidfile", str(d / "dockerd.pid"), "--bridge", bridge, "--ip", "127.0.0.1"),
+            *("--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--shutdown-timeout=2"),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=dict(os.environ, DOCKER_SERVICE_PREFER_OFFLINE_IMAGE="1"),
