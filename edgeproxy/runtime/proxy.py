@@ -18,6 +18,7 @@ from typing import Protocol
 from edgeproxy.config import Config, ConfigError, Listener, load_config
 from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
+from edgeproxy.net.http_relay import HttpConnection, HttpListener
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
 from edgeproxy.runtime.pools import BackendPool
@@ -47,6 +48,8 @@ def make_serving(ctx: ListenerContext, sockets: list[socket.socket]) -> Serving:
     mode = ctx.listener.mode
     if mode == "tcp":
         return TcpListener(ctx, sockets, lambda: TcpConnection(ctx))
+    if mode == "http":
+        return HttpListener(ctx, sockets, lambda: HttpConnection(ctx))
     raise OSError(0, f"listener {ctx.listener.name}: mode {mode} is not available in this build")
 
 
