@@ -265,6 +265,7 @@ class HttpRequest:
     headers: list[tuple[str, str]]
     raw_head: bytes
     body: bytes = b""
+    stream: Any = None  # the connection's reader, when the handler reads the body itself
 
     def all(self, name: str) -> list[str]:
         """Every value of a header (case-insensitive name), one per line as received."""
@@ -307,8 +308,11 @@ class HttpBackend:
     conn)`` answers one request and returns whether to keep the connection open.
     """
 
-    def __init__(self, handler: HttpHandler = echo_who_handler, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, handler: HttpHandler = echo_who_handler, host: str = "127.0.0.1", read_body: bool = True
+    ) -> None:
         self.handler = handler
+        self.read_body = read_body
         self.requests: list[HttpRequest] = []
         self.connections = 0
         self.errors: list[str] = []
@@ -328,23 +332,30 @@ class HttpBackend:
         with self._lock:
             self.connections += 1
             conn_id = self.connections
-        f = conn.makefile("rb")
-        while True:
-            try:
-                req = read_http_request(f, conn_id, seen.peer, conn)
-            except ValueError as e:
-                self.errors.append(str(e))
-                return
-            if req is None:
-                return
-            with self._lock:
-                self.requests.append(req)
-            if not self.handler(req, conn):
-                return
+        # The reader holds a reference to the socket: it must be closed for the socket to close.
+        with conn.makefile("rb") as f:
+            while True:
+                try:
+                    req = read_http_request(f, conn_id, seen.peer, conn, read_body=self.read_body)
+                except ValueError as e:
+                    self.errors.append(str(e))
+                    return
+                if req is None:
+                    return
+                with self._lock:
+                    self.requests.append(req)
+                keep = self.handler(req, conn)
+                req.stream = None
+                if not keep:
+                    return
 
 
 def read_http_request(
-    f: Any, conn_id: int = 0, peer: tuple[str, int] = ("", 0), conn: socket.socket | None = None
+    f: Any,
+    conn_id: int = 0,
+    peer: tuple[str, int] = ("", 0),
+    conn: socket.socket | None = None,
+    read_body: bool = True,
 ) -> HttpRequest | None:
     """Lenient request reader (see HttpBackend). None at a clean EOF. With ``conn``, an
     ``Expect: 100-continue`` is answered before the body is read."""
@@ -373,20 +384,25 @@ def read_http_request(
     if conn is not None and (req.get("Expect") or "").lower() == "100-continue":
         conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
     te = (req.get("Transfer-Encoding") or "").lower()
-    if "chunked" in te:
-        body = b""
-        while True:
-            size = int(f.readline().strip().split(b";")[0], 16)
-            if size == 0:
-                while f.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                break
-            body += f.read(size)
-            f.readline()
-        req.body = body
+    if not read_body:
+        req.stream = f
+    elif "chunked" in te:
+        req.body = b"".join(iter_chunked(f))
     elif req.get("Content-Length") is not None:
         req.body = f.read(int(req.get("Content-Length") or 0))
     return req
+
+
+def iter_chunked(f: Any) -> Iterator[bytes]:
+    """The decoded chunks of a chunked body (trailers skipped), leniently like most servers."""
+    while True:
+        size = int(f.readline().strip().split(b";")[0], 16)
+        if size == 0:
+            while f.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return
+        yield f.read(size)
+        f.readline()
 
 
 def read_http_response(f: Any, head_request: bool = False) -> tuple[int, dict[str, str], bytes, bytes]:
@@ -409,15 +425,7 @@ def read_http_response(f: Any, head_request: bool = False) -> tuple[int, dict[st
     if head_request or status < 200 or status in (204, 304):
         return status, headers, b"", raw
     if "chunked" in headers.get("transfer-encoding", ""):
-        body = b""
-        while True:
-            size = int(f.readline().strip().split(b";")[0], 16)
-            if size == 0:
-                f.readline()
-                break
-            body += f.read(size)
-            f.readline()
-        return status, headers, body, raw
+        return status, headers, b"".join(iter_chunked(f)), raw
     if "content-length" in headers:
         return status, headers, f.read(int(headers["content-length"])), raw
     return status, headers, f.read(), raw
