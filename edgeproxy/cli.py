@@ -40,6 +40,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgeproxy.demo import main as demo
+
+    return demo(args.base_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproxy",
@@ -54,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file and exit (0 valid, 1 invalid)")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("demo", help="run demo apps behind edgeproxy on loopback and show what they see")
+    p.add_argument(
+        "--base-port", type=int, default=18000, help="first port (default 18000; uses base..base+3, base+10, base+11)"
+    )
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
