@@ -270,9 +270,11 @@ class HttpConnection(asyncio.Protocol):
             # without body on an idle keep-alive connection.
             self.upstream = conn
             conn.begin(self, parser.method == b"HEAD")
-            self.sent_at = self.last_activity
+            self.sent_at = now = self.last_activity
             self.state = WAIT
             conn.transport.write(up_head)
+            if now + ctx.timeouts.server_idle < self.timer_at:
+                self._arm(now + ctx.timeouts.server_idle)
             if rest:
                 self.buf = rest
                 self._pause(_HOLD)
@@ -310,7 +312,10 @@ class HttpConnection(asyncio.Protocol):
         conn.begin(self, self.parser.method == b"HEAD")
         if self.write_paused:
             conn.transport.pause_reading()
-        self.sent_at = self.loop.time()
+        self.sent_at = now = self.loop.time()
+        limit = now + min(self.ctx.timeouts.server_idle, self.ctx.idle_timeout)
+        if limit < self.timer_at:
+            self._arm(limit)
         head = prefix + self.up_head if prefix else self.up_head
         if self.body_left:
             self.state = BODY
@@ -380,8 +385,7 @@ class HttpConnection(asyncio.Protocol):
                 return False
             return True
         if state == WAIT or (state == CONNECTING and not self.body_left):
-            # A complete request then a half-close: the answer is still wanted, then we close.
-            self.keep_alive = False
+            # Complete requests then a half-close: they are still answered, then we close.
             return True
         self.close("client_closed")
         return False
@@ -447,13 +451,15 @@ class HttpConnection(asyncio.Protocol):
         self.server = None
         if server is not None:
             server.release()
+        if self.paused & _UPSTREAM_FULL:
+            self._resume(_UPSTREAM_FULL)  # that server's backpressure no longer concerns us
         complete = self.state == WAIT
         if reusable and complete:
             if self.write_paused:
                 conn.transport.resume_reading()
             conn.release()
-            pool = cast("BackendPool", self.pool)
-            if pool.config.send_proxy != "none":
+            pool = self.pool
+            if pool is not None and pool.config.send_proxy != "none":
                 if self.private is None:
                     self.private = IdlePool(self.loop)
                 self.private.put(conn)
@@ -461,17 +467,22 @@ class HttpConnection(asyncio.Protocol):
                 self.idle.put(conn)
         else:
             conn.close()
-        if not complete or not self.keep_alive or self.client_eof:
-            # An early answer before the whole request body arrived: where the client's next
-            # request would start is unknowable for the server too, so the connection ends.
+        if not complete or not self.keep_alive:
+            # (An early answer before the whole request body arrived: where the client's next
+            # request would start is unknowable for the server too, so the connection ends.)
             self.close("done")
             return
         self.state = HEAD
-        self.head_start = self.last_activity
+        self.head_start = now = self.last_activity
+        idle_until = now + self.ctx.timeouts.client_idle
+        if idle_until < self.timer_at:
+            self._arm(idle_until)
         if self.buf:
             buf, self.buf = self.buf, b""
             self._resume(_HOLD)
             self._head_bytes(buf)
+        if self.client_eof and self.state == HEAD:
+            self.close("client_closed")  # it half-closed after its last complete request
 
     def upstream_failed(self, status: int, end: str, detail: str) -> None:
         """The server sent something we cannot forward safely, or did not answer in time."""

@@ -183,7 +183,9 @@ class UpstreamConn(asyncio.Protocol):
         owner.transport.write(data)
 
     def _chunked(self, owner: HttpConnection, data: bytes, head: bytes) -> None:
-        out, after = cast(ChunkedReader, self.chunks).feed(data)
+        chunks = self.chunks
+        assert chunks is not None
+        out, after = chunks.feed(data)
         if out and self.parser.feed(out) != (after is not None):
             raise HttpError(502, "bad_response", "ambiguous response framing")
         if head:

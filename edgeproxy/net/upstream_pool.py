@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from edgeproxy.net.http_upstream import UpstreamConn
 
 IDLE_SECONDS = 3
-MAX_IDLE_PER_SERVER = 64
+MAX_IDLE_PER_SERVER = 256  # per process; beyond it the oldest idle one is closed
 
 
 class IdlePool:

@@ -169,9 +169,11 @@ class RequestParser:
         chunked = False
         close = ka_token = upgrade_token = False
         forwarding = self.forwarding
-        forwarding.clear()
+        if forwarding:
+            forwarding.clear()
         drop = self.drop
-        drop.clear()
+        if drop:
+            drop.clear()
         for name, value in _FIELD_RE.findall(head):
             code = _USUAL_SPELLING.get(name)
             if code is not None:

@@ -219,6 +219,15 @@ def test_pipelined_requests_are_answered_in_order(env: Env) -> None:
     assert paths == [f"/pipe/{i}" for i in range(5)]
 
 
+def test_pipelined_requests_then_half_close_are_all_answered(env: Env) -> None:
+    with HttpClient("127.0.0.1", env.web) as c:
+        c.send(b"".join(b"GET /half/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(3)))
+        c.sock.shutdown(socket.SHUT_WR)
+        paths = [json.loads(c.response()[2])["path"] for _ in range(3)]
+        assert c.reader.read() == b""  # then the proxy closes
+    assert paths == ["/half/0", "/half/1", "/half/2"]
+
+
 # -- errors ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("path", "status", "end"),
@@ -344,3 +353,23 @@ def test_access_log_line(env: Env) -> None:
     assert rec["bytes_in"] > 3 and rec["bytes_out"] > 0
     for key in ("duration_ms", "connect_ms", "response_ms"):
         assert isinstance(rec[key], (int, float)) and rec[key] >= 0
+
+
+def test_short_server_idle_is_not_held_back_by_longer_timers() -> None:
+    silent = HttpBackend(_never_answer)
+    port = free_port()
+    proxy = EdgeProxy(
+        {
+            "timeouts": {"server_idle": "300ms", "http_request": "10s", "client_idle": "30s"},
+            "listeners": [{"name": "web", "bind": hostport("127.0.0.1", port), "mode": "http", "backend": "b"}],
+            "backends": {"b": {"servers": [silent.address]}},
+        }
+    )
+    try:
+        with HttpClient("127.0.0.1", port) as c:
+            t0 = time.monotonic()
+            assert c.request("/")[0] == 504
+            assert time.monotonic() - t0 < 2.5
+    finally:
+        proxy.stop()
+        silent.close()
