@@ -20,15 +20,26 @@ FLUSH_BYTES = 64 * 1024
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
-_second: list[Any] = [-1, ""]  # the last whole second formatted, reused within that second
+# The last formatted second and millisecond: an access line per HTTP request would otherwise
+# format the same time again and again (strftime is ~1.7 us here).
+_last_sec = -1
+_last_sec_text = ""
+_last_ms = -1
+_last_ms_text = ""
 
 
 def _now_iso(t: float) -> str:
-    sec = int(t)
-    if sec != _second[0]:
-        _second[0] = sec
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_second[1]}.{int(t % 1 * 1000):03d}Z"
+    global _last_sec, _last_sec_text, _last_ms, _last_ms_text
+    ms = int(t * 1000)
+    if ms == _last_ms:
+        return _last_ms_text
+    sec = ms // 1000
+    if sec != _last_sec:
+        _last_sec = sec
+        _last_sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    _last_ms = ms
+    _last_ms_text = f"{_last_sec_text}.{ms % 1000:03d}Z"
+    return _last_ms_text
 
 
 def _format(record: dict[str, Any], fmt: str) -> str:

@@ -150,11 +150,15 @@ class UpstreamConn(asyncio.Protocol):
         framing = parser.framing
         if framing == LENGTH:
             total = n + parser.content_length
-            if len(buf) >= total:  # the common case: the whole response in one read
+            if len(buf) >= total:  # the common case: the whole response in one read (_last inlined)
                 msg = buf if len(buf) == total else buf[:total]
                 if not parser.feed(msg):
                     raise HttpError(502, "bad_response", "ambiguous response framing")
-                self._last(owner, msg if out_head is head else out_head + msg[n:], len(buf) > total)
+                data = msg if out_head is head else out_head + msg[n:]
+                owner.req_out += len(data)
+                owner.transport.write(data)
+                self.state = IDLE
+                owner.response_done(self, len(buf) == total and not parser.close)
                 return
             if parser.feed(buf):
                 raise HttpError(502, "bad_response", "ambiguous response framing")
