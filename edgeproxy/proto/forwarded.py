@@ -67,7 +67,7 @@ class ForwardingPolicy:
 class ClientForwarding:
     """The rewrite for one client connection (its address and the port it connected to)."""
 
-    __slots__ = ("client", "fixed", "policy", "port", "trusted")
+    __slots__ = ("client", "fixed", "fixed_end", "policy", "port", "trusted")
 
     def __init__(self, policy: ForwardingPolicy, client_ip: str, dest_port: int) -> None:
         self.policy = policy
@@ -87,20 +87,23 @@ class ClientForwarding:
             lines.append(f"Forwarded: {forwarded_element(client_ip)}\r\n")
         # What an untrusted client's every request gets (X-Forwarded-Host varies per request).
         self.fixed = "".join(lines).encode("ascii")
+        self.fixed_end = self.fixed + b"\r\n"
 
     def rewrite(self, head: bytes, req: RequestParser) -> bytes:
         """The head to send upstream: ``head`` with forwarding and hop-by-hop lines replaced."""
         if self.trusted:
             return self._rewrite_trusted(head, req)
+        drop = req.drop
+        forwarding = req.forwarding
+        if not forwarding and not drop and not self.policy.set_host:
+            return head[:-2] + self.fixed_end  # the common case: nothing to remove, one concatenation
         added = self.fixed
         if self.policy.set_host and req.host is not None:
             added += b"X-Forwarded-Host: " + req.host + b"\r\n"
-        drop = req.drop
         if drop and req.connection_value:
             added += b"Connection: " + req.connection_value + b"\r\n"
-        forwarding = req.forwarding
         if not forwarding and not drop:
-            return head[:-2] + added + b"\r\n"  # the common case: nothing to remove
+            return head[:-2] + added + b"\r\n"
         names = set(drop)
         names.update(lname for _, lname, _ in forwarding)
         return without_lines(head, names) + added + b"\r\n"

@@ -197,6 +197,9 @@ class RequestParser:
                     raise HttpError(400, "bad_request", "Transfer-Encoding must end with chunked")
                 chunked = True
             elif code == CONNECTION:
+                if value == b"keep-alive" or value == b"Keep-Alive":  # what browsers send
+                    ka_token = True
+                    continue
                 for token in value.lower().split(b","):
                     token = token.strip(b" \t")
                     if token == b"close":
@@ -211,7 +214,7 @@ class RequestParser:
         if close:
             drop.add(b"connection")
         keep_alive = not close and (v11 or ka_token)
-        if b"connection" in drop:
+        if drop and b"connection" in drop:
             # The line goes; what it said that the backend must still hear is said again.
             tokens = [t for t, on in ((b"keep-alive", ka_token and not close), (b"upgrade", upgrade_token)) if on]
             self.connection_value = b", ".join(tokens)

@@ -27,7 +27,6 @@ _USUAL_FIELD_RE = re.compile(
 _CL, _TE, _CONN = range(3)
 _CODES = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN}
 _USUAL_SPELLING = {s: c for n, c in _CODES.items() for s in (n, n.title(), n.upper())}
-_PATTERNS = (_USUAL_FIELD_RE, _FIELD_RE)
 # "HTTP/1.x NNN" -> status: one slice and one lookup check the protocol, version and status.
 _STATUS_LINE = {b"HTTP/1.%d %d" % (minor, status): status for minor in (0, 1) for status in range(100, 600)}
 _CONNECTION_LINE = re.compile(rb"\r\nconnection:[^\r]*", re.IGNORECASE)
@@ -64,30 +63,12 @@ class ResponseParser:
         if status is None:
             raise HttpError(502, "bad_response", f"invalid status line {head[:20]!r}")
         self.status = status
-        bodyless = status < 200 or status in (204, 304) or head_request
-        for pattern in _PATTERNS:
-            te = cl = None
-            close = head[7] == 0x30  # HTTP/1.0: closes unless it says keep-alive
-            has_connection = False
-            for name, value in pattern.findall(head):
-                code = _USUAL_SPELLING.get(name)
-                if code is None:
-                    code = _CODES[name.lower()]
-                if code == _CL:
-                    cl = int(value)
-                elif code == _TE:
-                    te = value.rstrip(b" \t").rsplit(b",", 1)[-1].strip(b" \t").lower()
-                else:
-                    has_connection = True
-                    value = value.lower()
-                    if value == b"keep-alive":
-                        close = False
-                    elif value == b"close" or b"close" in {t.strip(b" \t") for t in value.split(b",")}:
-                        close = True
-                    elif b"keep-alive" in {t.strip(b" \t") for t in value.split(b",")}:
-                        close = False
-            if cl is not None or te is not None or bodyless:
-                break  # else: no length field in the usual spelling, look again ignoring case
+        bodyless = status < 200 or status == 204 or status == 304 or head_request
+        close = head[7] == 0x30  # HTTP/1.0: closes unless it says keep-alive
+        cl, te, close, has_connection = _fields(_USUAL_FIELD_RE.findall(head), close)
+        if cl is None and te is None and not bodyless:
+            # No length field in the usual spelling: look again, ignoring case.
+            cl, te, close, has_connection = _fields(_FIELD_RE.findall(head), head[7] == 0x30)
         self.close = close
         self.has_connection = has_connection
         if bodyless:
@@ -117,6 +98,31 @@ class ResponseParser:
         """After a response to HEAD: llhttp cannot be told that it has no body, so it waits for
         one that never comes; a fresh parser takes the next response."""
         self._llhttp = httptools.HttpResponseParser(self._complete)
+
+
+def _fields(found: list[tuple[bytes, bytes]], close: bool) -> tuple[int | None, bytes | None, bool, bool]:
+    """(Content-Length, last Transfer-Encoding coding, closes?, has Connection?) of the fields."""
+    cl = te = None
+    has_connection = False
+    for name, value in found:
+        code = _USUAL_SPELLING.get(name)
+        if code is None:
+            code = _CODES[name.lower()]
+        if code == _CL:
+            cl = int(value)
+        elif code == _TE:
+            te = value.rstrip(b" \t").rsplit(b",", 1)[-1].strip(b" \t").lower()
+        else:
+            has_connection = True
+            if value == b"keep-alive" or value == b"Keep-Alive":  # what servers send, before lower()
+                close = False
+                continue
+            tokens = {t.strip(b" \t") for t in value.lower().split(b",")}
+            if b"close" in tokens:
+                close = True
+            elif b"keep-alive" in tokens:
+                close = False
+    return cl, te, close, has_connection
 
 
 def with_connection_close(head: bytes) -> bytes:
