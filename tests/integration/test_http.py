@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
+    NO_CHECKS,
     EdgeProxy,
     HttpBackend,
     HttpClient,
@@ -87,15 +88,15 @@ class Env:
                 },
             ],
             "backends": {
-                "three": {"servers": [b.address for b in self.three]},
-                "api": {"servers": [self.api.address]},
-                "api_v2": {"servers": [self.api_v2.address]},
-                "static": {"servers": [self.static.address]},
-                "one": {"servers": [self.one.address]},
-                "refused": {"servers": [f"127.0.0.1:{free_port()}"], "retries": 0},
-                "silent": {"servers": [self.silent.address]},
-                "garbage": {"servers": [self.garbage.address]},
-                "empty": {"servers": []},
+                "three": {"health": NO_CHECKS, "servers": [b.address for b in self.three]},
+                "api": {"health": NO_CHECKS, "servers": [self.api.address]},
+                "api_v2": {"health": NO_CHECKS, "servers": [self.api_v2.address]},
+                "static": {"health": NO_CHECKS, "servers": [self.static.address]},
+                "one": {"health": NO_CHECKS, "servers": [self.one.address]},
+                "refused": {"health": NO_CHECKS, "servers": [f"127.0.0.1:{free_port()}"], "retries": 0},
+                "silent": {"health": NO_CHECKS, "servers": [self.silent.address]},
+                "garbage": {"health": NO_CHECKS, "servers": [self.garbage.address]},
+                "empty": {"health": NO_CHECKS, "servers": []},
             },
         }
 
@@ -362,7 +363,7 @@ def test_short_server_idle_is_not_held_back_by_longer_timers() -> None:
         {
             "timeouts": {"server_idle": "300ms", "http_request": "10s", "client_idle": "30s"},
             "listeners": [{"name": "web", "bind": hostport("127.0.0.1", port), "mode": "http", "backend": "b"}],
-            "backends": {"b": {"servers": [silent.address]}},
+            "backends": {"b": {"health": NO_CHECKS, "servers": [silent.address]}},
         }
     )
     try:

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import EdgeProxy, HttpBackend, HttpRequest, connect, free_port, hostport, read_http_response
+from tests.helpers import (
+    NO_CHECKS,
+    EdgeProxy,
+    HttpBackend,
+    HttpRequest,
+    connect,
+    free_port,
+    hostport,
+    read_http_response,
+)
 
 SMUG = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -97,7 +106,7 @@ def env() -> Iterator[tuple[EdgeProxy, HttpBackend, int]]:
         {
             "timeouts": {"http_request": "2s", "server_idle": "2s"},
             "listeners": [{"name": "web", "bind": hostport("127.0.0.1", port), "mode": "http", "backend": "b"}],
-            "backends": {"b": {"servers": [backend.address]}},
+            "backends": {"b": {"health": NO_CHECKS, "servers": [backend.address]}},
         }
     )
     try:
@@ -169,7 +178,10 @@ def test_a_server_answering_twice_cannot_poison_the_next_response(env: tuple[Edg
                     "routes": [{"path_prefix": "/twice", "backend": "twice"}],
                 }
             ],
-            "backends": {"twice": {"servers": [backend.address]}, "honest": {"servers": [honest.address]}},
+            "backends": {
+                "twice": {"health": NO_CHECKS, "servers": [backend.address]},
+                "honest": {"health": NO_CHECKS, "servers": [honest.address]},
+            },
         }
     )
     try:

@@ -18,6 +18,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from tests.helpers import (
+    NO_CHECKS,
     Backend,
     EdgeProxy,
     HttpBackend,
@@ -126,8 +127,8 @@ class Env:
                     },
                 ],
                 "backends": {
-                    "stream": {"servers": [self.stream.address]},
-                    "proxied": {"servers": [self.proxied.address], "send_proxy": "v2"},
+                    "stream": {"health": NO_CHECKS, "servers": [self.stream.address]},
+                    "proxied": {"health": NO_CHECKS, "servers": [self.proxied.address], "send_proxy": "v2"},
                 },
             }
         )
@@ -264,7 +265,7 @@ def test_sigterm_closes_idle_keep_alive_and_finishes_busy_requests() -> None:
         {
             "timeouts": {"drain": "10s"},
             "listeners": [{"name": "web", "bind": hostport("127.0.0.1", port), "mode": "http", "backend": "b"}],
-            "backends": {"b": {"servers": [backend.address]}},
+            "backends": {"b": {"health": NO_CHECKS, "servers": [backend.address]}},
         }
     )
     try:
