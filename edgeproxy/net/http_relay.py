@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from edgeproxy.net.context import ListenerContext
     from edgeproxy.runtime.pools import BackendPool
 
+LINGER_SECONDS = 2.0
+
 # client-side states
 HEAD, CONNECTING, BODY, WAIT, TUNNEL, CLOSED = range(6)
 # reasons to stop reading from the client (a bit mask: reading resumes when none is left)
@@ -83,6 +85,7 @@ class HttpConnection(asyncio.Protocol):
         "in_request",
         "keep_alive",
         "last_activity",
+        "linger",
         "log_prefix",
         "loop",
         "parser",
@@ -135,6 +138,7 @@ class HttpConnection(asyncio.Protocol):
         self.client_eof = False
         self.server_eof = False
         self.closed: str | None = None
+        self.linger = False  # close after an error answer: see _linger
         self.requests = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -572,7 +576,21 @@ class HttpConnection(asyncio.Protocol):
         self.req_out += len(data)
         self.transport.write(data)
         self._log_request(end, detail)
+        self.linger = True
         self.close(end)
+
+    def _linger(self) -> None:
+        """After an error answer the client may still be sending (a request body, pipelined
+        requests). Closing with unread bytes makes the kernel send a reset that can destroy
+        the answer before the client reads it, so: FIN after the answer, read and drop what
+        still comes for up to LINGER_SECONDS, then close (nginx's lingering_close)."""
+        t = self.transport
+        if t.is_closing() or not t.can_write_eof():
+            t.close()
+            return
+        t.write_eof()
+        t.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, t.close)
 
     def _log_request(self, end: str, detail: str | None = None) -> None:
         """Count and log the request in flight (once)."""
@@ -708,6 +726,8 @@ class HttpConnection(asyncio.Protocol):
             self.private.close_all()
         if abort:
             self.transport.abort()
+        elif self.linger:
+            self._linger()
         else:
             self.transport.close()
         self.ctx.closed(self, reason, self.bytes_in, self.bytes_out)

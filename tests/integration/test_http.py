@@ -257,6 +257,19 @@ _PHRASES = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fie
 _PHRASES |= {503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 
 
+def test_error_answer_survives_a_request_body_still_arriving(env: Env) -> None:
+    """The error answer comes while the client is still uploading: it must not be lost to a
+    reset. (502, or 503 once an earlier test left the refusing server held out by passive health.)"""
+    with HttpClient("127.0.0.1", env.errors) as c:
+        size = 8 * 1024 * 1024
+        c.send(b"POST /refused HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+        block = b"x" * 65536
+        for _ in range(size // len(block)):
+            c.send(block)  # no reset while we send: the proxy reads and drops the rest
+        status, headers, _ = c.response()
+        assert status in (502, 503) and headers["connection"] == "close"
+
+
 def test_slow_head_gets_408_and_huge_head_431(env: Env) -> None:
     with connect("127.0.0.1", env.web) as s:
         s.sendall(b"GET /slowloris HTTP/1.1\r\nHost: a\r\nX-A: b\r\n")
