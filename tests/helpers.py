@@ -288,6 +288,42 @@ class UdpBackend:
         self.port: int = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            if peer is None:  # woken by close()
+                return
+            proxy = None
+            if self.expect_proxy:
+                size = 16 + int.from_bytes(data[14:16], "big")
+                proxy = ProxyProtocolDetect().unpack(data[:size])
+                data = data[size:]
+            dgram = Datagram((peer[0], peer[1]), proxy, data)
+            self.seen.append(dgram)
+            reply = self.handler(data, dgram)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(reply, peer)
+
+    def close(self) -> None:
+        """Unbind at once (a blocked recvfrom would otherwise keep the port): later datagrams
+        to this port get ICMP port unreachable, like a server that died."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the serving thread (ENOTCONN is raised after)
+        self.sock.close()
+
+
+def udp_client(source: str = "127.0.0.1", timeout: float = 2.0) -> socket.socket:
+    """An unconnected UDP client bound to a chosen loopback address (recvfrom shows who answered)."""
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    s.bind((source, 0))
+    return s
+
 
 # -- HTTP ------------------------------------------------------------------------------------------
 @dataclass
@@ -365,42 +401,6 @@ class HttpBackend:
     @property
     def address(self) -> str:
         return hostport(self.host, self.port)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            if peer is None:  # woken by close()
-                return
-            proxy = None
-            if self.expect_proxy:
-                size = 16 + int.from_bytes(data[14:16], "big")
-                proxy = ProxyProtocolDetect().unpack(data[:size])
-                data = data[size:]
-            dgram = Datagram((peer[0], peer[1]), proxy, data)
-            self.seen.append(dgram)
-            reply = self.handler(data, dgram)
-            if reply is not None:
-                with contextlib.suppress(OSError):
-                    self.sock.sendto(reply, peer)
-
-    def close(self) -> None:
-        """Unbind at once (a blocked recvfrom would otherwise keep the port): later datagrams
-        to this port get ICMP port unreachable, like a server that died."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the serving thread (ENOTCONN is raised after)
-        self.sock.close()
-
-
-def udp_client(source: str = "127.0.0.1", timeout: float = 2.0) -> socket.socket:
-    """An unconnected UDP client bound to a chosen loopback address (recvfrom shows who answered)."""
-    family = socket.AF_INET6 if ":" in source else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    s.bind((source, 0))
-    return s
 
     def close(self) -> None:
         self._backend.close()
