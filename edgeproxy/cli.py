@@ -41,21 +41,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_swarm_status(args: argparse.Namespace) -> int:
-    """0: a manager answered; 1: the config is invalid or has no swarm section; 2: no manager answered."""
     config = _load_or_report(args.config)
     if config is None:
         return 1
-    if config.swarm is None:
-        print(f"{args.config}: no 'swarm:' section: swarm discovery is off", file=sys.stderr)
-        return 1
-    import asyncio
-    import json
+    from edgeproxy.discovery.status_report import main as swarm_status
 
-    from edgeproxy.discovery.status import gather, render
+    return swarm_status(config, args.json)
 
-    status = asyncio.run(gather(config))
-    print(json.dumps(status, indent=2) if args.json else render(status), end="\n" if args.json else "")
-    return 0 if status.get("answered") else 2
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgeproxy.demo import main as demo
+
+    return demo(args.base_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,11 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("swarm", help="swarm discovery tools")
-    swarm = p.add_subparsers(dest="swarm_command", required=True, metavar="SUBCOMMAND")
-    p = swarm.add_parser("status", help="managers, quorum, services, tasks and the servers they give")
+    swarm_sub = p.add_subparsers(dest="swarm_command", required=True, metavar="SUBCOMMAND")
+    p = swarm_sub.add_parser("status", help="managers, quorum, services, tasks and the servers discovery finds")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="JSON for scripts instead of the table")
     p.set_defaults(func=cmd_swarm_status)
+    p = sub.add_parser("demo", help="run demo apps behind edgeproxy on loopback and show what they see")
+    p.add_argument(
+        "--base-port", type=int, default=18000, help="first port (default 18000; uses base..base+3, base+10, base+11)"
+    )
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

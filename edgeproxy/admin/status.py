@@ -60,7 +60,7 @@ def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
                     "name": s.name,
                     "state": s.state.value,
                     "source": s.source,
-                    **s.meta,  # swarm: service, task, slot, node, node_id
+                    **s.meta,  # swarm servers: service, task, node
                     "weight": s.weight,
                     "backup": s.backup,
                     "admin_drain": s.admin_drain,
@@ -105,5 +105,4 @@ def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
         "workers": proxy.workers_status(),
         "listeners": listeners,
         "backends": backends,
-        **({"swarm": proxy.swarm.describe()} if proxy.swarm is not None else {}),
     }

@@ -21,22 +21,20 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from edgeproxy.admin.metrics import Family, collect_data_plane
-from edgeproxy.config import Config, ConfigError, Listener, Route, parse_config
+from edgeproxy.config import Config, ConfigError, Listener, parse_config
 from edgeproxy.config.loader import ConfigIssue
 from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
+from edgeproxy.net.http_relay import HttpConnection, HttpListener
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
-from edgeproxy.runtime import labelsync
+from edgeproxy.net.udp import UdpListener
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_key
 from edgeproxy.stats import ListenerStats
-
-if TYPE_CHECKING:
-    from edgeproxy.discovery.swarm import SwarmDiscovery
 
 Role = Literal["single", "worker", "supervisor"]
 
@@ -69,6 +67,10 @@ def make_serving(ctx: ListenerContext, sockets: list[socket.socket]) -> Serving:
     mode = ctx.listener.mode
     if mode == "tcp":
         return TcpListener(ctx, sockets, lambda: TcpConnection(ctx))
+    if mode == "udp":
+        return UdpListener(ctx, sockets)
+    if mode == "http":
+        return HttpListener(ctx, sockets, lambda: HttpConnection(ctx))
     raise OSError(0, f"listener {ctx.listener.name}: mode {mode} is not available in this build")
 
 
@@ -90,10 +92,6 @@ class Proxy:
         self.role = role
         self.sockets = sockets if sockets is not None else SocketSet()
         self.pools: dict[str, BackendPool] = {}
-        # Backends that swarm discovery built from service labels: also in `pools`, kept by reloads.
-        self.label_pools: dict[str, BackendPool] = {}
-        self.label_routes: dict[str, tuple[Route, ...]] = {}  # their HTTP routes, by listener
-        self.swarm: SwarmDiscovery | None = None  # when configured (never in a worker)
         self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
         self.retired: list[ListenerContext] = []  # removed by a reload, connections still open
@@ -106,6 +104,9 @@ class Proxy:
         self._interrupts = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self.gone_pools: list[BackendPool] = []  # removed by a reload, servers still draining
+        # Pools added at run time (swarm label backends): a reload keeps them; their owner
+        # removes them.
+        self.dynamic_pools: set[str] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -123,7 +124,6 @@ class Proxy:
             for comp in self._make_components():
                 self.components.append(comp)
                 await comp.start()
-            self._control_plane_started()
         self._sweeper = self.loop.call_later(1.0, self._sweep_drained)
         log.info(
             self.started_msg,
@@ -136,9 +136,6 @@ class Proxy:
     def _start_fields(self) -> dict[str, Any]:
         return {}
 
-    def _control_plane_started(self) -> None:
-        """Components have started (discovery has had its first look); the supervisor pushes pools."""
-
     def _make_components(self) -> list[Component]:
         """Health checks, discovery and admin (control plane: once per edgeproxy)."""
         from edgeproxy.admin.server import AdminServer
@@ -146,15 +143,10 @@ class Proxy:
 
         comps: list[Component] = [HealthChecker(self), AdminServer(self)]
         if self.config.swarm is not None:
-            comps.insert(0, self._make_swarm())  # first: the others start with discovered servers
+            from edgeproxy.discovery.swarm import SwarmDiscovery
+
+            comps.append(SwarmDiscovery(self))
         return comps
-
-    def _make_swarm(self) -> Component:
-        """Swarm discovery (imported only when configured); ``self.swarm`` for /metrics and /status."""
-        from edgeproxy.discovery.swarm import SwarmDiscovery
-
-        self.swarm = SwarmDiscovery(self)
-        return self.swarm
 
     async def _start_serving(self) -> None:
         for listener in self.config.listeners:
@@ -209,14 +201,9 @@ class Proxy:
         try:
             self._apply_pools(new)
             await self._apply_serving(old, new, raw)
-            labelsync.publish_routes(self)  # on listeners this reload re-created too
             self.sockets.retain(set(self._socket_keys(new)))
             for comp in self.components:
                 await comp.reload(new)
-            if new.swarm is not None and self.swarm is None and self.role != "worker":  # 'swarm:' added
-                comp = self._make_swarm()
-                self.components.append(comp)
-                await comp.start()
         except Exception as e:  # a bug must not end the process: log it, keep serving
             log.error("reload failed while applying; the new configuration is partly applied", error=repr(e))
             self._count_reload("failure")
@@ -243,8 +230,9 @@ class Proxy:
             elif pool.config != be:
                 pool.reconfigure(be)
             pools[name] = pool
-        for name, pool in self.label_pools.items():
-            pools.setdefault(name, pool)  # a backend of the same name in the config wins
+        for name in self.dynamic_pools:
+            if name not in pools and name in self.pools:
+                pools[name] = self.pools[name]
         for name, pool in self.pools.items():
             if name not in pools:
                 pool.set_source("static", [])
