@@ -34,8 +34,16 @@ class Node:
 
     @property
     def accepts(self) -> bool:
-        """May this node's servers get new connections?"""
-        return self.state == "ready" and self.availability == "active"
+        """May this node's servers get new connections?
+
+        Not when the node is drained or paused, or ``down``/``disconnected``. ``unknown`` does
+        accept: after every leader change the new leader reports *every* node ``unknown`` ("Node
+        moved to unknown state due to leadership change in cluster") until it heartbeats again,
+        a few seconds later (recorded: tests/unit/data/swarm/lab-nodes-restarted.json). Draining
+        on ``unknown`` would take every server out of rotation at each election, while the
+        tasks are fine.
+        """
+        return self.availability == "active" and self.state not in ("down", "disconnected")
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,3 +166,46 @@ def test_ingress_only_service_label_error_carries_the_hint() -> None:
 def test_events_recorded_are_newline_delimited_json() -> None:
     lines = [json.loads(x) for x in (DATA / "events.jsonl").read_text().splitlines() if x.strip()]
     assert {e["Type"] for e in lines} == {"service", "node"}
+
+
+# -- a 3-manager + 1-worker swarm (tests/swarm/lab.sh), recorded ------------------------------------
+# lab-nodes / lab-tasks / lab-services: global service web on host port 18090 on node1..node4
+# (10.77.0.11-14); -drain: after `docker node update --availability drain node4`; -restarted: right
+# after the leader's dockerd was stopped and another manager elected.
+
+
+def test_global_service_on_four_nodes() -> None:
+    web = parse_services(load("lab-services"))["web"]
+    servers = servers_for(web, parse_tasks(load("lab-tasks")), parse_nodes(load("lab-nodes")), 80)
+    assert [(s.name, s.state) for s in servers] == [(f"10.77.0.{n}:18090", ServerState.UP) for n in (11, 12, 13, 14)]
+
+
+def test_drain_of_one_node_of_four() -> None:
+    web = parse_services(load("lab-services"))["web"]
+    nodes = parse_nodes(load("lab-nodes-drain"))
+    # Drained but its task not stopped yet: DRAIN; seconds later the task is shut down: gone.
+    servers = servers_for(web, parse_tasks(load("lab-tasks")), nodes, 80)
+    assert [s.state for s in servers] == [ServerState.UP] * 3 + [ServerState.DRAIN]
+    servers = servers_for(web, parse_tasks(load("lab-tasks-drain")), nodes, 80)
+    assert [s.name for s in servers] == [f"10.77.0.{n}:18090" for n in (11, 12, 13)]
+
+
+def test_nodes_unknown_after_a_leader_change_keep_their_servers() -> None:
+    raw = load("lab-nodes-restarted")
+    node4 = next(n for n in raw if n["Description"]["Hostname"] == "node4")
+    assert node4["Status"]["State"] == "unknown"
+    assert "leadership change" in node4["Status"]["Message"]
+    web = parse_services(load("lab-services"))["web"]
+    servers = servers_for(web, parse_tasks(load("lab-tasks")), parse_nodes(raw), 80)
+    assert [s.state for s in servers] == [ServerState.UP] * 4
+    # A node that is really down drains.
+    node4["Status"]["State"] = "down"
+    servers = servers_for(web, parse_tasks(load("lab-tasks")), parse_nodes(raw), 80)
+    assert [s.state for s in servers] == [ServerState.UP] * 3 + [ServerState.DRAIN]
+
+
+def test_leaderless_manager_answer_is_classified_no_leader() -> None:
+    from edgeproxy.discovery.docker_api import NoLeader, _classify
+
+    message = load("lab-noleader-500")["message"]
+    assert isinstance(_classify("unix:///x", 500, message), NoLeader)
