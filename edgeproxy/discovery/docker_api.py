@@ -1,4 +1,4 @@
-"""A small async client for the Docker Engine API (v1.41): GET JSON and the /events stream.
+"""A small async client for the Docker Engine API: GET JSON and the /events stream.
 
 Over ``unix://`` sockets and ``tcp://`` (TLS with client certificates when configured), with a
 minimal HTTP/1.1 client on asyncio streams: one connection per request (``Connection: close``),
@@ -24,7 +24,10 @@ from urllib.parse import quote, urlsplit
 
 from edgeproxy.config.model import TLSFiles
 
-API_VERSION = "v1.41"
+# The API version discovery was written against. Each engine is asked (GET /version) and spoken
+# to in the oldest version it serves at or above this one, or its newest if it is older: Docker 29
+# serves API >= 1.44 only and answers 400 "client version 1.41 is too old" to /v1.41 paths.
+PREFERRED_VERSION = (1, 41)
 MAX_BODY = 64 * 1024 * 1024  # /tasks of a large cluster is a few MB; bound it anyway
 MAX_HEADER_LINE = 64 * 1024
 
@@ -89,6 +92,12 @@ class DockerClient:
     def __init__(self, endpoint: Endpoint, timeout: float = 3.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.version: str | None = None  # "1.41", negotiated on first use
+
+    async def _prefix(self) -> str:
+        if self.version is None:
+            self.version = negotiate(self.url, await self._get("/version", None))
+        return f"/v{self.version}"
 
     @property
     def url(self) -> str:
@@ -97,14 +106,18 @@ class DockerClient:
     async def get(self, path: str, query: Mapping[str, str] | None = None) -> Any:
         """GET /<version><path> and return the decoded JSON body."""
         try:
-            return await asyncio.wait_for(self._get(path, query), self.timeout)
+            return await asyncio.wait_for(self._versioned_get(path, query), self.timeout)
         except TimeoutError:
             raise ManagerUnavailable(self.url, 0, f"no answer within {self.timeout:g}s") from None
+
+    async def _versioned_get(self, path: str, query: Mapping[str, str] | None) -> Any:
+        return await self._get(await self._prefix() + path, query)
 
     async def _get(self, path: str, query: Mapping[str, str] | None) -> Any:
         try:
             reader, writer = await self._open()
         except OSError as e:
+            self.version = None  # it may come back as another engine version
             raise ManagerUnavailable(self.url, 0, f"{type(e).__name__}: {e}") from None
         try:
             status, headers = await self._request(reader, writer, path, query)
@@ -127,12 +140,15 @@ class DockerClient:
         quiet for as long as nothing changes.
         """
         try:
+            prefix = await asyncio.wait_for(self._prefix(), self.timeout)
             reader, writer = await asyncio.wait_for(self._open(), self.timeout)
         except (OSError, TimeoutError) as e:
             raise ManagerUnavailable(self.url, 0, f"{type(e).__name__}: {e}") from None
         try:
             try:
-                status, headers = await asyncio.wait_for(self._request(reader, writer, "/events", query), self.timeout)
+                status, headers = await asyncio.wait_for(
+                    self._request(reader, writer, prefix + "/events", query), self.timeout
+                )
             except (OSError, TimeoutError, EOFError, ValueError, asyncio.IncompleteReadError) as e:
                 raise ManagerUnavailable(self.url, 0, f"{type(e).__name__}: {e}") from None
             if status != 200:
@@ -164,7 +180,7 @@ class DockerClient:
         path: str,
         query: Mapping[str, str] | None,
     ) -> tuple[int, dict[str, str]]:
-        target = f"/{API_VERSION}{path}"
+        target = path
         if query:
             target += "?" + "&".join(f"{k}={v}" for k, v in query.items())
         host = self.endpoint.host
@@ -216,6 +232,24 @@ async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -
             raise ValueError(f"body larger than {MAX_BODY} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+def negotiate(manager: str, info: Any) -> str:
+    """The API version to speak to an engine, from its ``GET /version`` (ApiVersion, MinAPIVersion)."""
+
+    def parse(v: Any) -> tuple[int, int] | None:
+        try:
+            major, minor = str(v).split(".", 1)
+            return int(major), int(minor)
+        except ValueError:
+            return None
+
+    top = parse(info.get("ApiVersion")) if isinstance(info, dict) else None
+    if top is None:
+        raise APIError(manager, 200, "GET /version: no ApiVersion")
+    low = parse(info.get("MinAPIVersion")) or (1, 12)
+    major, minor = min(top, max(low, PREFERRED_VERSION))
+    return f"{major}.{minor}"
 
 
 def _message(body: bytes) -> str:
