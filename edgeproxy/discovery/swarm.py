@@ -34,6 +34,7 @@ from edgeproxy.discovery.swarm_model import (
     servers_for,
 )
 from edgeproxy.log import log
+from edgeproxy.runtime import labelsync
 from edgeproxy.runtime.pools import BackendPool
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class SwarmDiscovery:
         self.snapshot: Snapshot | None = None
         self.label_pools: dict[str, BackendPool] = {}
         self._wake = asyncio.Event()
+        self._first = asyncio.Event()  # set after the first refresh, answered or not
         self._fast_until = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._label_errors: dict[str, str] = {}  # service -> last error logged (log each once)
@@ -104,6 +106,11 @@ class SwarmDiscovery:
     # -- Component ---------------------------------------------------------------------------------
     async def start(self) -> None:
         self._tasks = [asyncio.ensure_future(self._refresh_loop()), asyncio.ensure_future(self._event_loop())]
+        # Serve with the discovered servers from the first request on when a manager answers at
+        # once ("edgeproxy started" then means it); never hold the start long for a dead one.
+        wait = min(10.0, self.config.timeout * max(1, len(self.clients)) + 1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first.wait(), wait)
 
     async def reload(self, config: Config) -> None:
         if config.swarm is None:
@@ -137,6 +144,7 @@ class SwarmDiscovery:
                 log.error("swarm: refresh failed", error=repr(e))
                 self.errors += 1
                 ok = False
+            self._first.set()
             now = time.monotonic()
             if ok:
                 backoff = 1.0
@@ -282,8 +290,8 @@ class SwarmDiscovery:
             self._publish(pool, servers)
             if lb.route is not None and lb.listener is not None:
                 routes.setdefault(lb.listener, []).append(lb.route)
-        for lname, ctx in self.proxy.contexts.items():
-            ctx.extra_routes = tuple(sorted(routes.get(lname, ()), key=_route_order))
+        self.proxy.label_routes = {name: tuple(sorted(rs, key=_route_order)) for name, rs in routes.items()}
+        labelsync.publish_routes(self.proxy)
 
     def _publish(self, pool: BackendPool, servers: list[Any]) -> None:
         pool.set_source("swarm", servers)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
 from edgeproxy.admin.metrics import Family, collect_data_plane
-from edgeproxy.config import Config, ConfigError, Listener, parse_config
+from edgeproxy.config import Config, ConfigError, Listener, Route, parse_config
 from edgeproxy.config.loader import ConfigIssue
 from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
@@ -32,6 +32,7 @@ from edgeproxy.net.http_relay import HttpConnection, HttpListener
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
 from edgeproxy.net.udp import UdpListener
+from edgeproxy.runtime import labelsync
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_key
 from edgeproxy.stats import ListenerStats
@@ -107,6 +108,8 @@ class Proxy:
         # Pools added at run time (swarm label backends): a reload keeps them; their owner
         # removes them.
         self.dynamic_pools: set[str] = set()
+        # Their HTTP routes by listener name (set by discovery, or the supervisor in a worker).
+        self.label_routes: dict[str, tuple[Route, ...]] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -124,6 +127,7 @@ class Proxy:
             for comp in self._make_components():
                 self.components.append(comp)
                 await comp.start()
+            self._control_plane_started()
         self._sweeper = self.loop.call_later(1.0, self._sweep_drained)
         log.info(
             self.started_msg,
@@ -135,6 +139,9 @@ class Proxy:
 
     def _start_fields(self) -> dict[str, Any]:
         return {}
+
+    def _control_plane_started(self) -> None:
+        """Components have started (discovery has had its first look); the supervisor pushes pools."""
 
     def _make_components(self) -> list[Component]:
         """Health checks, discovery and admin (control plane: once per edgeproxy)."""
@@ -201,6 +208,7 @@ class Proxy:
         try:
             self._apply_pools(new)
             await self._apply_serving(old, new, raw)
+            labelsync.publish_routes(self)  # on listeners this reload re-created too
             self.sockets.retain(set(self._socket_keys(new)))
             for comp in self.components:
                 await comp.reload(new)

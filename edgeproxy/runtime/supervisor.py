@@ -35,7 +35,7 @@ from typing import Any
 from edgeproxy.admin.metrics import Families, Family, merge
 from edgeproxy.config import Config, parse_config
 from edgeproxy.log import iso_time, log
-from edgeproxy.runtime import poolsync
+from edgeproxy.runtime import labelsync, poolsync
 from edgeproxy.runtime.channel import Channel, ChannelClosed, Message
 from edgeproxy.runtime.proxy import Proxy
 from edgeproxy.runtime.sockets import SocketKey
@@ -77,6 +77,7 @@ class Supervisor(Proxy):
         self.restarts_total = 0
         self.raw = b""
         self._sent_pools: dict[str, poolsync.PoolSnapshot] = {}
+        self._sent_labels: dict[str, Any] = {}
         self._sync: asyncio.TimerHandle | None = None
         self._backoff: dict[int, float] = {}
 
@@ -95,6 +96,10 @@ class Supervisor(Proxy):
                 self._kill(h)
             raise OSError(0, f"worker {failed[0].id} could not start")
         self._sync = self.loop.call_later(SYNC_INTERVAL, self._sync_pools)
+
+    def _control_plane_started(self) -> None:
+        # The workers get the discovered servers and label backends now, not one sync interval later.
+        self._push_pools(full=True)
 
     def _start_fields(self) -> dict[str, Any]:
         return {"workers": len(self.workers), "worker_pids": [h.proc.pid for h in self.workers.values()]}
@@ -119,6 +124,7 @@ class Supervisor(Proxy):
             reply = {"ok": False, "error": str(e) or "timeout"}
         if reply.get("ok"):
             h.ready = True
+            h.channel.send({"op": "labels", **labelsync.to_wire(self)})  # before the pools that fill them
             h.channel.send({"op": "pools", "pools": poolsync.to_wire(poolsync.snapshots(self.pools))})
         else:
             log.error("worker failed to start", worker=wid, pid=proc.pid, error=reply.get("error"))
@@ -220,6 +226,12 @@ class Supervisor(Proxy):
         self._push_pools(full=False)
 
     def _push_pools(self, *, full: bool) -> None:
+        labels = labelsync.to_wire(self)
+        if full or labels != self._sent_labels:  # label backends first: the pool updates fill them
+            self._sent_labels = labels
+            for h in self.workers.values():
+                if h.channel is not None and h.ready:
+                    h.channel.send({"op": "labels", **labels})
         snaps = poolsync.snapshots(self.pools)
         diff = snaps if full else poolsync.changed(snaps, self._sent_pools)
         self._sent_pools = snaps

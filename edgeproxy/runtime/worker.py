@@ -22,7 +22,7 @@ from edgeproxy.admin.metrics import collect_data_plane
 from edgeproxy.config import Config, ConfigError, parse_config
 from edgeproxy.log import log
 from edgeproxy.net.loop import run
-from edgeproxy.runtime import poolsync
+from edgeproxy.runtime import labelsync, poolsync
 from edgeproxy.runtime.channel import Channel, Message
 from edgeproxy.runtime.proxy import Proxy
 from edgeproxy.runtime.sockets import SocketSet
@@ -53,6 +53,9 @@ class Worker:
         if op == "socket":
             proto, host, port = msg["key"]
             self.sockets.adopt((str(proto), str(host), int(port)), socks[0])
+        elif op == "labels":
+            if self.proxy is not None:
+                labelsync.apply(self.proxy, msg)
         elif op == "pools":
             if self.proxy is not None:
                 poolsync.apply(self.proxy.pools, msg["pools"])

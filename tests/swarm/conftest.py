@@ -34,9 +34,7 @@ IMAGE = "local/bb:2"
 # The CGI ends its header lines with CRLF: busybox httpd relays them as written, and edgeproxy's
 # http mode takes a response head only up to CRLF CRLF (a bare-LF head from a backend gets 502).
 CGI = (
-    "#!/bin/sh\n"
-    "printf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
-    'echo "remote=$REMOTE_ADDR xff=$HTTP_X_FORWARDED_FOR"\n'
+    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"remote=$REMOTE_ADDR xff=$HTTP_X_FORWARDED_FOR\"\n"
 )
 
 
