@@ -1,0 +1,62 @@
+"""A multi-node swarm for the tests: 3 managers + 1 worker, one dockerd per network namespace on a
+private bridge (lab.sh does the namespace work). Names and the 10.77.X.0/24 subnet are chosen per
+run so two test runs on one machine cannot collide; teardown removes everything it made."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+SCRIPT = Path(__file__).with_name("lab.sh")
+
+
+class Lab:
+    def __init__(self, rootfs_tar: bytes, nodes: int = 4) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ep-lab-", dir="/tmp"))  # short: unix socket paths
+        self.tag = f"{random.randrange(16**5):05x}"
+        self.nodes = nodes
+        out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+        taken = {a.split("/")[0].rsplit(".", 1)[0] for a in out.split() if a.count(".") == 3}
+        self.net = next(n for n in (f"10.77.{random.randrange(1, 255)}" for _ in range(200)) if n not in taken)
+        with tarfile.open(fileobj=io.BytesIO(rootfs_tar)) as tar:
+            tar.extractall(self.dir / "rootfs", filter="tar")
+
+    def sh(self, *args: str, timeout: float = 120.0) -> None:
+        env = dict(os.environ, LAB=str(self.dir), TAG=self.tag, NET=self.net, NODES=str(self.nodes))
+        r = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"lab.sh {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+
+    def start(self) -> Lab:
+        try:
+            self.sh("setup")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.sh("teardown")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, n: int) -> str:
+        return f"unix://{self.dir}/node{n}/docker.sock"
+
+    def addr(self, n: int) -> str:
+        return f"{self.net}.{10 + n}"
+
+    def docker(self, n: int, *args: str) -> str:
+        r = subprocess.run(["docker", "-H", self.url(n), *args], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(args)}: {r.stderr}")
+        return r.stdout
+
+    def kill(self, n: int) -> None:
+        """The node's dockerd dies (SIGKILL): its control plane is gone, its task keeps running."""
+        self.sh("stop", str(n), "KILL")
