@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,52 @@ CGI = (
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "swarm tests need root (they start a private dockerd)"
-    for tool in ("dockerd", "docker", "busybox", "ip"):
+    for tool in ("dockerd", "docker", "busybox", "ip", "openssl"):
         if shutil.which(tool) is None:
-            return f"swarm tests need {tool} (apt-get install docker.io busybox-static iproute2)"
+            return f"swarm tests need {tool} (apt-get install docker.io busybox-static iproute2 openssl)"
     return None
+
+
+def need_swarm() -> None:
+    """Skip, saying why, where a real swarm cannot run; fail instead under
+    EDGEPROXY_SWARM_TESTS=require (.ci/run), so CI cannot pass by skipping them."""
+    reason = _missing()
+    if reason is None:
+        return
+    if os.environ.get("EDGEPROXY_SWARM_TESTS") == "require":
+        pytest.fail(f"EDGEPROXY_SWARM_TESTS=require: {reason}")
+    pytest.skip(reason)
+
+
+def make_tls(d: Path) -> dict[str, str]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (EC P-256)."""
+    d.mkdir(parents=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    def key(name: str) -> str:
+        run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(d / f"{name}-key.pem"))
+        return str(d / f"{name}-key.pem")
+
+    out = {"ca": str(d / "ca.pem"), "ca_key": key("ca")}
+    run(
+        "req", "-x509", "-new", "-key", out["ca_key"], "-subj", "/CN=edgeproxy test CA", "-days", "2", "-out", out["ca"]
+    )
+    exts = {
+        "server": "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        "client": "extendedKeyUsage=clientAuth\n",
+    }
+    for name, ext in exts.items():
+        (d / f"{name}.ext").write_text(ext)
+        out[f"{name}_key"] = key(name)
+        run("req", "-new", "-key", out[f"{name}_key"], "-subj", f"/CN={name}", "-out", str(d / f"{name}.csr"))
+        out[f"{name}_cert"] = str(d / f"{name}-cert.pem")
+        run(
+            *("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", out["ca"], "-CAkey", out["ca_key"]),
+            *("-CAcreateserial", "-days", "2", "-out", out[f"{name}_cert"], "-extfile", str(d / f"{name}.ext")),
+        )
+    return out
 
 
 def _rootfs_tar() -> bytes:
@@ -77,6 +119,12 @@ class Swarm:
     pid: int
     hostname: str = ""
     node_id: str = ""
+    tls_port: int = 0  # the API also on tcp://127.0.0.1:<tls_port>, TLS with client certificates
+    tls: dict[str, str] = field(default_factory=dict)  # ca, client_cert, client_key, ...
+
+    @property
+    def tls_url(self) -> str:
+        return f"tcp://127.0.0.1:{self.tls_port}"
 
     @property
     def url(self) -> str:
@@ -136,9 +184,7 @@ def http_get(host: str, port: int, path: str, source: str | None = None, headers
 
 @pytest.fixture(scope="session")
 def swarm() -> Iterator[Swarm]:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    need_swarm()
     tag = secrets.token_hex(3)
     d = Path(tempfile.mkdtemp(prefix="eps-", dir="/tmp"))  # short: a unix socket path has 108 bytes
     bridge, gw = f"epsb{tag}", f"epsg{tag}"
@@ -147,19 +193,22 @@ def swarm() -> Iterator[Swarm]:
     subprocess.run(["ip", "addr", "add", f"172.29.{net}.1/24", "dev", bridge], check=True)
     subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
     sock = str(d / "docker.sock")
+    tls, tls_port = make_tls(d / "tls"), free_port()
     log = open(d / "dockerd.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             *("dockerd", "--storage-driver=vfs", "--data-root", str(d / "data"), "--exec-root", str(d / "exec")),
             *("-H", f"unix://{sock}", "--pidfile", str(d / "dockerd.pid"), "--bridge", bridge, "--ip", "127.0.0.1"),
             *("--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--shutdown-timeout=2"),
+            *("-H", f"tcp://127.0.0.1:{tls_port}", "--tlsverify", "--tlscacert", tls["ca"]),
+            *("--tlscert", tls["server_cert"], "--tlskey", tls["server_key"]),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=dict(os.environ, DOCKER_SERVICE_PREFER_OFFLINE_IMAGE="1"),
         start_new_session=True,
     )
-    sw = Swarm(d, sock, proc.pid)
+    sw = Swarm(d, sock, proc.pid, tls_port=tls_port, tls=tls)
     try:
         deadline = time.monotonic() + 30
         while sw.docker("version", check=False) == "" or not Path(sock).exists():
@@ -198,4 +247,42 @@ def swarm() -> Iterator[Swarm]:
                 subprocess.run(["umount", "-l", mnt], check=False)
         for link in (bridge, gw):
             subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def plain_engine() -> Iterator[str]:
+    """A second real dockerd that is in no swarm (its API answers 503 "This node is not a swarm
+    manager"), with no bridge and no iptables: ~2 s. Yields its unix:// URL."""
+    need_swarm()
+    d = Path(tempfile.mkdtemp(prefix="epn-", dir="/tmp"))
+    sock = str(d / "docker.sock")
+    with open(d / "dockerd.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                *("dockerd", "--storage-driver=vfs", "--data-root", str(d / "data"), "--exec-root", str(d / "exec")),
+                *("-H", f"unix://{sock}", "--pidfile", str(d / "dockerd.pid"), "--bridge", "none"),
+                *("--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["docker", "-H", f"unix://{sock}", "version"], capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not start:\n{(d / 'dockerd.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for line in reversed(Path("/proc/mounts").read_text().splitlines()):
+            if line.split()[1].startswith(str(d)):
+                subprocess.run(["umount", "-l", line.split()[1]], check=False)
         shutil.rmtree(d, ignore_errors=True)

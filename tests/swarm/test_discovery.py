@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,27 +37,9 @@ def swarm_section(sw: Swarm, managers: list[str] | None = None, **extra: Any) ->
 
 
 @pytest.fixture
-def not_a_manager() -> Iterator[str]:
-    """A MOCK of an engine that is not a swarm manager (answers every call as dockerd does then:
-    503 'This node is not a swarm manager'); a second real dockerd would cost ~10 s and a bridge."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    body = b'{"message":"This node is not a swarm manager. Use \\"docker swarm init\\"."}'
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"tcp://127.0.0.1:{srv.getsockname()[1]}"
-    srv.close()
+def not_a_manager(plain_engine: str) -> str:
+    """A real engine that is not a swarm manager (conftest.py: a second dockerd, in no swarm)."""
+    return plain_engine
 
 
 def servers_logged(proxy: Any, backend: str, want: Callable[[list[str]], bool], timeout: float = 30) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers import edgeproxy, free_port, metric, scrape
-from tests.swarm.conftest import _missing, _rootfs_tar, http_get
+from tests.swarm.conftest import _rootfs_tar, http_get, need_swarm
 from tests.swarm.lab import Lab
 
 pytestmark = pytest.mark.swarm
@@ -22,9 +22,7 @@ PORT = 18090  # each node is its own network namespace: the port is free there
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    need_swarm()
     lab = Lab(_rootfs_tar()).start()  # ~6 s; ~560 MiB while it runs
     try:
         yield lab
