@@ -87,7 +87,7 @@ def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
             }
         )
     r = proxy.reloads
-    return {
+    doc: dict[str, Any] = {
         "version": __version__,
         "pid": os.getpid(),
         "started": iso_time(proxy.started),
@@ -106,3 +106,9 @@ def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
         "listeners": listeners,
         "backends": backends,
     }
+    for comp in proxy.components:  # components with a section of their own (swarm discovery)
+        section = getattr(comp, "status_section", None)
+        if section is not None:
+            key, value = section()
+            doc[key] = value
+    return doc

@@ -33,7 +33,7 @@ from edgeproxy.discovery.swarm_model import (
     parse_tasks,
     servers_for,
 )
-from edgeproxy.log import log
+from edgeproxy.log import iso_time, log
 from edgeproxy.runtime import labelsync
 from edgeproxy.runtime.pools import BackendPool
 
@@ -209,6 +209,7 @@ class SwarmDiscovery:
         if not self.swarm_up and self.errors:
             log.info("swarm: managers answer again", manager=snap.manager)
         self.swarm_up = 1
+        self.last_error = ""  # /status shows the error while no manager answers
         self.refreshes += 1
         self.last_success = time.time()
         self.snapshot = snap
@@ -310,7 +311,22 @@ class SwarmDiscovery:
         modes = {lst.mode for lst in self.proxy.config.listeners if lst.backend == backend}
         return "udp" if "udp" in modes else "tcp"
 
-    # -- metrics -----------------------------------------------------------------------------------
+    # -- metrics and /status -------------------------------------------------------------------------
+    def status_section(self) -> tuple[str, dict[str, Any]]:
+        """The ``swarm`` section of /status."""
+        snap = self.snapshot
+        return "swarm", {
+            "up": bool(self.swarm_up),
+            "manager": snap.manager if snap else None,
+            "managers": [c.url for c in self.clients],
+            "refreshes": self.refreshes,
+            "errors": self.errors,
+            "events": self.events,
+            "last_success": iso_time(self.last_success) if self.last_success else None,
+            "last_error": self.last_error or None,
+            "label_backends": sorted(self.label_pools),
+        }
+
     def metric_families(self) -> list[Family]:
         up = Family("edgeproxy_swarm_up", "gauge", "1 when the last discovery refresh got an answer from a manager")
         up.add(self.swarm_up)

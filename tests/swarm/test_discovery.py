@@ -198,12 +198,16 @@ def test_frozen_manager_keeps_last_servers_reports_down_and_recovers(swarm: Swar
         try:
             proxy.wait_log(lambda r: r.get("msg", "").startswith("swarm: no manager answered"), timeout=20)
             assert metric(scrape(admin), "edgeproxy_swarm_up") == 0
+            st = admin_json(admin)["swarm"]
+            assert st["up"] is False and "no answer within 1s" in st["last_error"] and st["errors"] >= 1
             body = http_get("127.0.0.1", port, "/cgi-bin/ip", source="127.0.0.34")
             assert b"remote=" in body  # last known servers still serve
         finally:
             swarm.resume()
         proxy.wait_log(lambda r: r.get("msg") == "swarm: managers answer again", timeout=30)
         assert metric(scrape(admin), "edgeproxy_swarm_up") == 1
+        st = admin_json(admin)["swarm"]
+        assert (st["up"], st["manager"], st["last_error"]) == (True, swarm.url, None) and st["refreshes"] >= 2
     swarm.docker("service", "rm", "frz")
 
 
