@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 FAST_INTERVAL = 1.0  # while tasks converge, and after an event
 FAST_WINDOW = 15.0  # seconds of fast refreshes after an event (a task takes a few s to start)
+CONVERGE_WINDOW = 60.0  # fast refreshes for converging tasks stop this long after the tasks last changed
 MAX_BACKOFF = 30.0
 EVENT_FILTERS = {"filters": filters(type=["service", "node"])}
 
@@ -54,11 +55,34 @@ class Snapshot:
     manager: str  # the API endpoint that answered
 
 
-async def fetch_snapshot(client: DockerClient, overrides: Mapping[str, str]) -> Snapshot:
-    nodes = await client.get("/nodes")
-    services = await client.get("/services")
-    tasks = await client.get("/tasks", {"filters": filters(desired_state=["running"])})
-    return Snapshot(parse_nodes(nodes, overrides), parse_services(services), tuple(parse_tasks(tasks)), client.url)
+async def fetch_snapshot(
+    client: DockerClient, overrides: Mapping[str, str], select: Callable[[Service], bool] | None = None
+) -> Snapshot:
+    """Nodes, services, and the tasks (desired running) of the services ``select`` keeps (all
+    without it): a big cluster's whole task list is not read every second while one service
+    converges, and other services' tasks cannot keep discovery polling fast."""
+    nodes = parse_nodes(await client.get("/nodes"), overrides)
+    services = parse_services(await client.get("/services"))
+    if select is None:
+        raw = await client.get("/tasks", {"filters": filters(desired_state=["running"])})
+        return Snapshot(nodes, services, tuple(parse_tasks(raw)), client.url)
+    ids = sorted(s.id for s in services.values() if select(s))
+    tasks: list[Task] = []
+    if ids:
+        try:
+            tasks = parse_tasks(
+                await client.get("/tasks", {"filters": filters(desired_state=["running"], service=ids)})
+            )
+        except APIError as e:
+            if e.status != 404:
+                raise
+            # A service removed between the two calls (the engine answers 404 for the filter): again.
+            services = parse_services(await client.get("/services"))
+            ids = [i for i in ids if i in {s.id for s in services.values()}]
+            if ids:
+                query = {"filters": filters(desired_state=["running"], service=ids)}
+                tasks = parse_tasks(await client.get("/tasks", query))
+    return Snapshot(nodes, services, tuple(tasks), client.url)
 
 
 def make_clients(cfg: SwarmConfig, extra: list[str] | None = None) -> list[DockerClient]:
@@ -99,6 +123,7 @@ class SwarmDiscovery:
         self._wake = asyncio.Event()
         self._first = asyncio.Event()  # set after the first refresh, answered or not
         self._fast_until = 0.0
+        self._tasks_changed = 0.0  # monotonic time the watched tasks (ids, states) last changed
         self._tasks: list[asyncio.Task[None]] = []
         self._label_errors: dict[str, str] = {}  # service -> last error logged (log each once)
         self._published: dict[str, tuple[str, int]] = {}  # backend -> servers signature logged
@@ -148,7 +173,13 @@ class SwarmDiscovery:
             now = time.monotonic()
             if ok:
                 backoff = 1.0
-                converging = self.snapshot is not None and any(t.converging for t in self.snapshot.tasks)
+                # Fast while a watched task is on its way to running, but not for ever: a replica
+                # that cannot be placed (host port in use on every node) stays pending.
+                converging = (
+                    self.snapshot is not None
+                    and now - self._tasks_changed < CONVERGE_WINDOW
+                    and any(t.converging for t in self.snapshot.tasks)
+                )
                 delay = FAST_INTERVAL if converging or now < self._fast_until else self.config.refresh
             else:
                 delay = min(backoff, self.config.refresh, MAX_BACKOFF)
@@ -187,7 +218,7 @@ class SwarmDiscovery:
         leaderless = False
         for client in self._ordered_clients():
             try:
-                snap = await fetch_snapshot(client, self.config.node_addresses)
+                snap = await fetch_snapshot(client, self.config.node_addresses, self._wanted)
             except APIError as e:
                 errors.append(str(e))
                 leaderless = leaderless or isinstance(e, NoLeader)
@@ -205,6 +236,15 @@ class SwarmDiscovery:
         self.swarm_up = 0
         return False
 
+    def _wanted(self, svc: Service) -> bool:
+        """Services whose tasks discovery needs: named by a backend, or labelled."""
+        if any(
+            be.swarm is not None and be.swarm.service in (svc.name, svc.id)
+            for be in self.proxy.config.backends.values()
+        ):
+            return True
+        return self.config.labels and enabled(svc)
+
     def _succeeded(self, snap: Snapshot) -> None:
         if not self.swarm_up and self.errors:
             log.info("swarm: managers answer again", manager=snap.manager)
@@ -212,6 +252,9 @@ class SwarmDiscovery:
         self.last_error = ""  # /status shows the error while no manager answers
         self.refreshes += 1
         self.last_success = time.time()
+        old = {(t.id, t.state) for t in self.snapshot.tasks} if self.snapshot else None
+        if old != {(t.id, t.state) for t in snap.tasks}:
+            self._tasks_changed = time.monotonic()
         self.snapshot = snap
         extra = discovered_manager_urls(self.config, snap.nodes)
         if any(u not in {c.url for c in self.clients} for u in extra):

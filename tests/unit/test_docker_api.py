@@ -65,3 +65,46 @@ def test_a_newer_engine_is_spoken_to_in_a_version_it_serves() -> None:
     nodes, events = asyncio.run(main())
     assert nodes == [] and events == [{"Type": "service", "Action": "update"}]
     assert seen == ["/version", "/v1.44/nodes", "/v1.44/events"]  # asked once, then remembered
+
+
+def test_snapshot_asks_for_the_tasks_of_the_selected_services_only() -> None:
+    """Discovery reads the tasks of the services it uses, by ID (recorded answers, lab swarm)."""
+    from pathlib import Path
+    from urllib.parse import parse_qs, urlsplit
+
+    from edgeproxy.discovery.swarm import fetch_snapshot
+
+    data = Path(__file__).parent / "data" / "swarm"
+    answers = {
+        "/v1.41/nodes": (data / "lab-nodes.json").read_bytes(),
+        "/v1.41/services": (data / "lab-services.json").read_bytes(),
+        "/v1.41/tasks": (data / "lab-tasks.json").read_bytes(),
+    }
+    queries: list[dict[str, Any]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        target = urlsplit(head.split(b" ", 2)[1].decode())
+        if target.path == "/version":
+            body = b'{"ApiVersion": "1.41", "MinAPIVersion": "1.12"}'
+        else:
+            body = answers[target.path]
+            if target.query:
+                queries.append(json.loads(parse_qs(target.query)["filters"][0]))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> tuple[Any, Any]:
+        with tempfile.TemporaryDirectory() as d:
+            server = await asyncio.start_unix_server(serve, f"{d}/docker.sock")
+            async with server:
+                client = DockerClient(Endpoint.parse(f"unix://{d}/docker.sock"), timeout=2)
+                some = await fetch_snapshot(client, {}, lambda s: s.name == "web")
+                none = await fetch_snapshot(client, {}, lambda s: False)
+        return some, none
+
+    some, none = asyncio.run(main())
+    web_id = some.services["web"].id
+    assert queries == [{"desired-state": ["running"], "service": [web_id]}]  # no /tasks call for "none"
+    assert len(some.tasks) == 4 and none.tasks == ()
