@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="seconds per measured run (default 10; --quick 2)")
     p.add_argument("--idle-count", type=int, help="connections of scenario 5 (default 10000; --quick 1000)")
     p.add_argument("--output", type=Path, default=RESULTS, help=f"where results go (default {RESULTS})")
+    p.add_argument(
+        "--edgeproxy",
+        metavar="CMD",
+        default="",
+        help="command that runs edgeproxy (default: this Python's -m edgeproxy), e.g. "
+        "'env PYTHONPATH=/src/edgeproxy python3 -m edgeproxy' to measure another tree",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir with the generated configs and logs")
     return p
 
@@ -65,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         multi_cpus=multi_cpus,
         load_cpus=load_cpus,
         workdir=workdir,
+        commands={"edgeproxy": shlex.split(args.edgeproxy)} if args.edgeproxy else {},
         log=log,
     )
     started = time.time()
@@ -82,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "two_worker_cpus": multi_cpus,
             "load_cpus": load_cpus,
             "rlimit_nofile": nofile,
+            "edgeproxy_command": args.edgeproxy or None,
         },
         "scenarios": [],
     }

@@ -13,7 +13,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import yaml
 from benchmarks.netutil import free_port, http_get, wait_http
 from benchmarks.procs import Managed, pinned, tree, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EDGEPROXY = [sys.executable, "-m", "edgeproxy"]
 START_TIMEOUT = 20.0
 
 
@@ -88,18 +88,21 @@ def _short(text: str, limit: int = 300) -> str:
 class HAProxy(Proxy):
     name = "haproxy"
 
-    def __init__(self, setup: Setup, workdir: Path, cpus: str | None) -> None:
+    def __init__(self, setup: Setup, workdir: Path, cpus: str | None, command: Sequence[str] = ()) -> None:
         self.dir = workdir / f"haproxy-{setup.mode}-{setup.workers}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         cfg = self.dir / "haproxy.cfg"
         cfg.write_text(haproxy_config(setup, self.port))
-        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+        check = subprocess.run(
+            [*(command or ["haproxy"]), "-c", "-q", "-f", str(cfg)], capture_output=True, text=True, timeout=30
+        )
         if check.returncode != 0:
             raise Skip(f"haproxy -c rejected the config: {_short(check.stdout + check.stderr)}")
         # -W: master + worker (a reload is SIGUSR2 to the master, which starts a new worker and
         # lets the old one finish); -db: stay in the foreground.
-        self.proc = Managed(self.name, pinned(["haproxy", "-W", "-db", "-f", str(cfg)], cpus), self.dir / "log")
+        cmd = [*(command or ["haproxy"]), "-W", "-db", "-f", str(cfg)]
+        self.proc = Managed(self.name, pinned(cmd, cpus), self.dir / "log")
         self._ready(setup)
 
     def reload(self) -> None:
@@ -136,17 +139,20 @@ def haproxy_config(setup: Setup, port: int) -> str:
 class EdgeProxy(Proxy):
     name = "edgeproxy"
 
-    def __init__(self, setup: Setup, workdir: Path, cpus: str | None) -> None:
+    def __init__(self, setup: Setup, workdir: Path, cpus: str | None, command: Sequence[str] = ()) -> None:
         self.dir = workdir / f"edgeproxy-{setup.mode}-{setup.workers}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         cfg = self.dir / "edgeproxy.yaml"
         cfg.write_text(yaml.safe_dump(edgeproxy_config(setup, self.port), sort_keys=False))
-        base = [sys.executable, "-m", "edgeproxy"]
-        check = subprocess.run([*base, "check", "-c", str(cfg)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        # Run from the temp dir, so PYTHONPATH in ``command`` can point at another edgeproxy tree.
+        base = list(command) or DEFAULT_EDGEPROXY
+        check = subprocess.run(
+            [*base, "check", "-c", str(cfg)], capture_output=True, text=True, timeout=60, cwd=self.dir
+        )
         if check.returncode != 0:
             raise Skip(f"edgeproxy check rejected the config: {_short(check.stderr or check.stdout)}")
-        self.proc = Managed(self.name, pinned([*base, "run", "-c", str(cfg)], cpus), self.dir / "log", cwd=ROOT)
+        self.proc = Managed(self.name, pinned([*base, "run", "-c", str(cfg)], cpus), self.dir / "log", cwd=self.dir)
         try:
             self._ready(setup)
         except Skip as e:
@@ -197,4 +203,8 @@ def edgeproxy_config(setup: Setup, port: int) -> dict[str, Any]:
 
 
 # The order of each round: edgeproxy first, then HAProxy, round after round (A B A B ...).
-PROXIES: dict[str, Callable[[Setup, Path, str | None], Proxy]] = {"edgeproxy": EdgeProxy, "haproxy": HAProxy}
+# Each is called as (setup, workdir, cpus, command); an empty command means the default binary.
+PROXIES: dict[str, Callable[[Setup, Path, str | None, Sequence[str]], Proxy]] = {
+    "edgeproxy": EdgeProxy,
+    "haproxy": HAProxy,
+}

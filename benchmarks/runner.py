@@ -39,6 +39,7 @@ class Options:
     multi_cpus: str | None  # the proxies' CPUs in the 2-worker scenario
     load_cpus: str | None
     workdir: Path
+    commands: dict[str, list[str]] = field(default_factory=dict)  # proxy name -> command (--edgeproxy)
     log: Any = print
 
 
@@ -70,7 +71,7 @@ def run_scenario(sc: Scenario, nginx: Nginx, opts: Options) -> dict[str, ProxyOu
     try:
         for name, make in PROXIES.items():
             try:
-                running[name] = make(setup, opts.workdir, cpus)
+                running[name] = make(setup, opts.workdir, cpus, opts.commands.get(name, []))
                 outcomes[name] = ProxyOutcome()
             except Skip as e:
                 outcomes[name] = ProxyOutcome("skipped", str(e))
