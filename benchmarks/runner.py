@@ -68,26 +68,40 @@ def run_scenario(sc: Scenario, nginx: Nginx, opts: Options) -> dict[str, ProxyOu
     cpus = opts.multi_cpus if sc.workers > 1 else opts.proxy_cpus
     outcomes: dict[str, ProxyOutcome] = {}
     running: dict[str, Proxy] = {}
+
+    def start(name: str) -> None:
+        try:
+            running[name] = PROXIES[name](setup, opts.workdir, cpus, opts.commands.get(name, []))
+        except Skip as e:
+            outcomes[name] = ProxyOutcome("skipped", str(e))
+            opts.log(f"  {name}: skipped: {e}")
+
+    # Scenario 5 measures memory: each round gets fresh processes, or a round would start from
+    # what the allocator kept of the previous one. The others keep both proxies up throughout.
+    fresh = sc.kind == "idle"
     try:
-        for name, make in PROXIES.items():
-            try:
-                running[name] = make(setup, opts.workdir, cpus, opts.commands.get(name, []))
-                outcomes[name] = ProxyOutcome()
-            except Skip as e:
-                outcomes[name] = ProxyOutcome("skipped", str(e))
-                opts.log(f"  {name}: skipped: {e}")
+        for name in PROXIES:
+            outcomes[name] = ProxyOutcome()
+            start(name)
         if sc.kind == "wrk" and opts.warmup > 0:
             for proxy in running.values():
                 _wrk(sc, proxy, opts, opts.warmup)
         for rnd in range(opts.rounds):
-            for name, proxy in running.items():
+            for name in PROXIES:
+                if fresh and rnd > 0 and outcomes[name].status == "ok":
+                    start(name)
+                current = running.get(name)
+                if current is None:
+                    continue
                 try:
-                    fig = _measure(sc, proxy, opts, count)
+                    fig = _measure(sc, current, opts, count)
                 except (RuntimeError, OSError) as e:
                     fig = {"error": str(e)}
                 fig["round"] = rnd + 1
                 outcomes[name].rounds.append(fig)
                 opts.log(f"  round {rnd + 1} {name}: {_brief(fig)}")
+                if fresh:
+                    running.pop(name).stop()
         for out in outcomes.values():
             if out.status == "ok" and not out.median():
                 out.status, out.reason = "failed", str(out.rounds[-1].get("error", "no result"))
