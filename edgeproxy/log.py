@@ -17,11 +17,15 @@ from typing import IO, Any
 
 FLUSH_INTERVAL = 0.2
 FLUSH_BYTES = 64 * 1024
+_PIPE_BUF = 4096
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 def _now_iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+iso_time = _now_iso  # for other modules (admin /status)
 
 
 def _format(record: dict[str, Any], fmt: str) -> str:
@@ -98,6 +102,8 @@ class Logger:
     def access_line(self, record: dict[str, Any]) -> None:
         if self.access is None:
             return
+        if self.worker is not None:
+            record = {**record, "worker": self.worker}
         line = _format({"time": _now_iso(time.time()), **record}, self.fmt) + "\n"
         self._buffer.append(line)
         self._size += len(line)
@@ -117,14 +123,31 @@ class Logger:
             self._timer = None
         if not self._buffer or self.access is None:
             return
-        data = "".join(self._buffer)
+        chunks = self._chunks() if self.worker is not None else ["".join(self._buffer)]
         self._buffer.clear()
         self._size = 0
         try:
-            self.access.write(data)
-            self.access.flush()
+            for data in chunks:
+                self.access.write(data)
+                self.access.flush()
         except (OSError, ValueError):
             pass
+
+    def _chunks(self) -> list[str]:
+        """Whole lines, at most PIPE_BUF bytes per write: workers share stderr (or the log file),
+        and a pipe keeps a write whole only up to PIPE_BUF, so no two workers' lines interleave."""
+        out: list[str] = []
+        cur: list[str] = []
+        size = 0
+        for line in self._buffer:
+            if cur and size + len(line) > _PIPE_BUF:
+                out.append("".join(cur))
+                cur, size = [], 0
+            cur.append(line)
+            size += len(line)
+        if cur:
+            out.append("".join(cur))
+        return out
 
 
 log = Logger()

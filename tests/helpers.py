@@ -149,8 +149,11 @@ class Backend:
             pass
 
     def close(self) -> None:
+        """Stop listening: later connects are refused (shutdown wakes the blocked accept())."""
         self._stop = True
         if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
 
 
@@ -161,7 +164,7 @@ def echo_handler(conn: socket.socket, seen: Seen) -> None:
 
 def whoami_handler(conn: socket.socket, seen: Seen) -> None:
     """Answer with who the backend thinks the client is, then echo."""
-    if seen.proxy is not None and seen.proxy.proxied:
+    if seen.proxy is not None and seen.proxy.proxied and seen.proxy.source is not None:  # not LOCAL/UNKNOWN
         src, dst = seen.proxy.source, seen.proxy.dest
         conn.sendall(f"src={hostport(str(src[0]), src[1])} dst={hostport(str(dst[0]), dst[1])}\n".encode())
     else:
@@ -250,3 +253,144 @@ def edgeproxy(config: dict[str, Any], wait: list[tuple[str, int]] | None = None)
         yield proxy
     finally:
         proxy.stop()
+
+
+# -- admin endpoint and load (issue 4) -----------------------------------------------------------
+
+
+def admin_request(
+    port: int, path: str, *, method: str = "GET", token: str | None = None, timeout: float = 10.0
+) -> tuple[int, bytes]:
+    """One request to the admin endpoint on 127.0.0.1: (status, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def admin_json(port: int, path: str = "/status", token: str | None = None) -> Any:
+    import json
+
+    status, body = admin_request(port, path, token=token)
+    assert status == 200, body
+    return json.loads(body)
+
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+def scrape(port: int, token: str | None = None) -> dict[Sample, float]:
+    """/metrics parsed by prometheus_client's own parser: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = admin_request(port, "/metrics", token=token)
+    assert status == 200, body
+    out: dict[Sample, float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def metric(samples: dict[Sample, float], name: str, **labels: str) -> float:
+    """The sum of ``name`` over the samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, lbl), v in samples.items() if n == name and want <= lbl)
+
+
+class RequestLoad:
+    """Clients doing request/response over a new TCP connection each time (connect, send a
+    line, read the echo, close) in threads, until ``stop()``; counts what succeeded and failed."""
+
+    def __init__(self, port: int, clients: int = 4, host: str = "127.0.0.1", pause: float = 0.0) -> None:
+        self.port = port
+        self.host = host
+        self.pause = pause
+        self.ok = 0
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            payload = b"client %d request %d\n" % (i, n)
+            try:
+                got = exchange(self.port, payload, self.host)
+                err = None if got == payload else f"client {i}: got {got!r} for {payload!r}"
+            except OSError as e:
+                err = f"client {i} request {n}: {e!r}"
+            with self._lock:
+                if err is None:
+                    self.ok += 1
+                else:
+                    self.failures.append(err)
+            if self.pause:
+                time.sleep(self.pause)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def proxy_config(
+    port: int,
+    servers: list[Any],
+    *,
+    admin: int | dict[str, Any] | None = None,
+    workers: int = 1,
+    access: str = "stderr",
+    health: dict[str, Any] | None = None,
+    drain: str = "5s",
+    **backend: Any,
+) -> dict[str, Any]:
+    """One tcp listener ``front`` on 127.0.0.1:port to backend ``app``; the admin endpoint on
+    127.0.0.1:admin (or as given); no active health checks unless ``health`` says so."""
+    cfg: dict[str, Any] = {
+        "workers": workers,
+        "log": {"access": access},
+        "timeouts": {"connect": "1s", "drain": drain},
+        "listeners": [{"name": "front", "bind": f"127.0.0.1:{port}", "mode": "tcp", "backend": "app"}],
+        "backends": {"app": {"health": health or {"type": "none"}, "servers": servers, **backend}},
+    }
+    if admin is not None:
+        cfg["admin"] = {"bind": f"127.0.0.1:{admin}"} if isinstance(admin, int) else admin
+    return cfg
+
+
+def exchange(port: int, payload: bytes = b"hello", host: str = "127.0.0.1") -> bytes:
+    """One request over its own connection: send, half-close, read to EOF."""
+    with connect(host, port) as c:
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        return recv_all(c)
+
+
+class Held:
+    """A backend handler: sends ``first`` at once, then ``second`` only after ``release()``
+    (a long transfer that is still open when the test reloads or stops the proxy)."""
+
+    def __init__(self, first: bytes = b"first;", second: bytes = b"second") -> None:
+        self.first = first
+        self.second = second
+        self.event = threading.Event()
+
+    def __call__(self, conn: socket.socket, seen: Seen) -> None:
+        conn.sendall(self.first)
+        self.event.wait(10)
+        if self.second:
+            conn.sendall(self.second)
+
+    def release(self) -> None:
+        self.event.set()

@@ -9,11 +9,12 @@ from edgeproxy.balance.algorithms import (
     SourceHashBalancer,
     make_balancer,
 )
-from edgeproxy.balance.server import Server, ServerState
+from edgeproxy.balance.server import CheckResult, Server, ServerState
 
 __all__ = [
     "ALGORITHMS",
     "Balancer",
+    "CheckResult",
     "LeastConnBalancer",
     "RandomBalancer",
     "RoundRobinBalancer",

@@ -11,9 +11,10 @@ Sans-IO: nothing here reads the clock or touches a socket; callers pass `now`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Server", "ServerState"]
+__all__ = ["CheckResult", "Server", "ServerState"]
 
 
 class ServerState(StrEnum):
@@ -26,6 +27,16 @@ class ServerState(StrEnum):
     UP = "up"
     DOWN = "down"  # failed active health checks
     DRAIN = "drain"  # admin or swarm: no new connections, open ones finish
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The last active health check of a server, as /status shows it."""
+
+    ok: bool
+    detail: str  # "connected", "HTTP 200", "connection refused", "timeout", ...
+    time: float  # wall clock (time.time()) when it finished
+    duration: float  # seconds
 
 
 class Server:
@@ -41,9 +52,12 @@ class Server:
 
     __slots__ = (
         "active",
+        "admin_drain",
         "backup",
+        "check_down",
         "failures",
         "host",
+        "last_check",
         "meta",
         "name",
         "port",
@@ -66,6 +80,9 @@ class Server:
     failures: int
     suspect_until: float
     meta: dict[str, str]
+    admin_drain: bool
+    check_down: bool
+    last_check: CheckResult | None
 
     def __init__(
         self,
@@ -94,11 +111,22 @@ class Server:
         # 0.0 is before any monotonic reading, so a new server is usable at once.
         self.suspect_until = 0.0
         self.meta = {} if meta is None else meta
+        # Why the state is what it is: an operator's drain (admin API) and the active health
+        # check's verdict are kept apart from `state` so that lifting one restores the other.
+        self.admin_drain = False
+        self.check_down = False
+        self.last_check: CheckResult | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         """Identity across reloads and discovery refreshes."""
         return (self.host, self.port)
+
+    def resting_state(self) -> ServerState:
+        """The state this server should have while it is a member of its pool."""
+        if self.admin_drain:
+            return ServerState.DRAIN
+        return ServerState.DOWN if self.check_down else ServerState.UP
 
     def usable(self, now: float) -> bool:
         """True when new connections may go here: UP and not held out by passive health.

@@ -25,17 +25,36 @@ if TYPE_CHECKING:
 class _Upstream(asyncio.Protocol):
     """The server side of one relayed connection; every event is handed to the owner."""
 
-    __slots__ = ("conn", "peer")
+    __slots__ = ("conn", "early", "peer", "transport")
 
     def __init__(self, conn: TcpConnection) -> None:
         self.conn = conn
         self.peer: asyncio.Transport | None = None  # the client's transport, once relaying
+        self.early: list[bytes] = []  # what the server said before `peer` was wired
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         conn.bytes_out += len(data)
         conn.last_activity = conn.loop.time()
-        cast(asyncio.Transport, self.peer).write(data)
+        peer = self.peer
+        if peer is None:
+            # A server that speaks first (SMTP, MySQL, a banner) can be heard before the
+            # connecting task has wired ``peer`` (uvloop starts reading right after
+            # connection_made, even if it paused): keep this one read and stop reading.
+            self.early.append(data)
+            self.transport.pause_reading()
+            return
+        peer.write(data)
+
+    def wire(self, peer: asyncio.Transport) -> None:
+        self.peer = peer
+        if self.early:
+            peer.write(b"".join(self.early))
+            self.early.clear()
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         self.conn.server_eof()
@@ -149,7 +168,7 @@ class TcpConnection(asyncio.Protocol):
             transport.write(header + b"".join(self.pending))
             self.pending.clear()
         client = cast(asyncio.Transport, self.client_transport)
-        upstream.peer = client
+        upstream.wire(client)
         if self.client_eof:
             if transport.can_write_eof():
                 transport.write_eof()

@@ -9,6 +9,7 @@ connections, the open ones finish.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 from edgeproxy.balance import Balancer, Server, ServerState, make_balancer
@@ -25,7 +26,9 @@ class BackendPool:
         self.name = config.name
         self.config = config
         self.servers_by_source: dict[str, list[Server]] = {"static": [], "swarm": []}
-        self.draining: list[Server] = []  # left the pool, still have open connections
+        # Left the pool with connections still open, and since when (time.monotonic()): the
+        # runtime ends those connections once they have had timeouts.drain to finish.
+        self.draining: dict[Server, float] = {}
         self.balancer: Balancer = make_balancer(config.balance, ())
         self.set_source("static", [_from_config(s) for s in config.servers])
 
@@ -60,25 +63,25 @@ class BackendPool:
             kept = old.pop(s.key, None)
             if kept is not None:
                 kept.weight, kept.backup, kept.meta = s.weight, s.backup, s.meta
-                if kept.state is ServerState.DRAIN and s.state is not ServerState.DRAIN:
-                    kept.state = ServerState.UP
-                elif s.state is ServerState.DRAIN:
-                    kept.state = ServerState.DRAIN
+                # A source may list a server as draining (e.g. a swarm task shutting down);
+                # otherwise it rests in what the admin API and the health check say.
+                kept.state = ServerState.DRAIN if s.state is ServerState.DRAIN else kept.resting_state()
                 s = kept
             else:
                 revived = next((d for d in self.draining if d.key == s.key), None)
                 if revived is not None:
-                    self.draining.remove(revived)
-                    revived.state = ServerState.UP
+                    del self.draining[revived]
+                    revived.state = ServerState.DRAIN if s.state is ServerState.DRAIN else revived.resting_state()
                     s = revived
             s.source = source
             new.append(s)
+        now = time.monotonic()
         for gone in old.values():
             gone.state = ServerState.DRAIN
             if gone.active:
-                self.draining.append(gone)
+                self.draining[gone] = now
         self.servers_by_source[source] = new
-        self.draining = [d for d in self.draining if d.active]
+        self.draining = {d: t for d, t in self.draining.items() if d.active}
         self.balancer.set_servers(self.servers)
 
 

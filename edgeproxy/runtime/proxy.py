@@ -1,8 +1,15 @@
 """The running proxy of one process: sockets, pools, listeners; reload and drain.
 
 Signal handlers only record what was asked (uvicorn's ``handle_exit`` model); the ``run`` loop
-acts on it. A reload never kills the process: an invalid file or a failed bind leaves the old
-config serving and is logged and counted.
+acts on it. A reload never kills the process: an invalid file, a failed bind or an unexpected
+error while applying leaves the process serving, and is logged and counted.
+
+Roles (see runtime/supervisor.py for the multi-process design):
+- ``single`` (``workers: 1``): one process does everything: listeners, health checks, discovery,
+  the admin endpoint.
+- ``worker``: the data plane only: listeners on sockets received from the supervisor; no
+  components; reloads are pushed by the supervisor, so SIGHUP is ignored.
+- the supervisor subclasses ``Proxy`` and replaces the listeners by worker processes.
 """
 
 from __future__ import annotations
@@ -13,15 +20,21 @@ import os
 import signal
 import socket
 import time
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
 
-from edgeproxy.config import Config, ConfigError, Listener, load_config
+from edgeproxy.admin.metrics import Family, collect_data_plane
+from edgeproxy.config import Config, ConfigError, Listener, parse_config
+from edgeproxy.config.loader import ConfigIssue
 from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_key
+from edgeproxy.stats import ListenerStats
+
+Role = Literal["single", "worker", "supervisor"]
 
 
 class Serving(Protocol):
@@ -33,7 +46,12 @@ class Serving(Protocol):
 
 
 class Component(Protocol):
-    """Something that runs beside the listeners: health checks, discovery, the admin endpoint."""
+    """Something that runs beside the listeners: health checks, discovery, the admin endpoint.
+
+    Components run once per edgeproxy (in the single process or in the supervisor, never in each
+    worker); what they change in ``proxy.pools`` reaches the workers by runtime/poolsync.py.
+    A component may also have ``collect() -> Iterable[Family]`` for /metrics (admin/metrics.py).
+    """
 
     async def start(self) -> None: ...
 
@@ -61,9 +79,12 @@ class ReloadStats:
 
 
 class Proxy:
-    def __init__(self, config: Config) -> None:
+    started_msg = "edgeproxy started"
+
+    def __init__(self, config: Config, *, role: Role = "single", sockets: SocketSet | None = None) -> None:
         self.config = config
-        self.sockets = SocketSet()
+        self.role = role
+        self.sockets = sockets if sockets is not None else SocketSet()
         self.pools: dict[str, BackendPool] = {}
         self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
@@ -75,6 +96,8 @@ class Proxy:
         self._stop = asyncio.Event()
         self._hup = asyncio.Event()
         self._interrupts = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.gone_pools: list[BackendPool] = []  # removed by a reload, servers still draining
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -87,28 +110,42 @@ class Proxy:
         log.configure(cfg.log.level, cfg.log.access, cfg.log.format)
         self.sockets.ensure(self._socket_keys(cfg))
         self.pools = {name: BackendPool(be) for name, be in cfg.backends.items()}
-        for listener in cfg.listeners:
-            await self._add_listener(listener)
-        for comp in self._make_components():
-            self.components.append(comp)
-            await comp.start()
+        await self._start_serving()
+        if self.role != "worker":
+            for comp in self._make_components():
+                self.components.append(comp)
+                await comp.start()
+        self._sweeper = self.loop.call_later(1.0, self._sweep_drained)
         log.info(
-            "edgeproxy started",
+            self.started_msg,
             config=cfg.path,
             pid=os.getpid(),
             listeners=[f"{lst.name} {lst.mode} {' '.join(map(str, lst.bind))}" for lst in cfg.listeners],
+            **self._start_fields(),
         )
 
+    def _start_fields(self) -> dict[str, Any]:
+        return {}
+
     def _make_components(self) -> list[Component]:
-        """Health checks, discovery and admin, where the modules exist and are configured."""
-        comps: list[Component] = []
+        """Health checks, discovery and admin (control plane: once per edgeproxy)."""
+        from edgeproxy.admin.server import AdminServer
+        from edgeproxy.health.checker import HealthChecker
+
+        comps: list[Component] = [HealthChecker(self), AdminServer(self)]
         return comps
+
+    async def _start_serving(self) -> None:
+        for listener in self.config.listeners:
+            await self._add_listener(listener)
 
     def _socket_keys(self, cfg: Config) -> list[SocketKey]:
         return [socket_key(lst, a) for lst in cfg.listeners for a in lst.bind]
 
-    async def _add_listener(self, listener: Listener) -> None:
+    async def _add_listener(self, listener: Listener, stats: ListenerStats | None = None) -> None:
         ctx = ListenerContext(self.loop, listener, self.config.timeouts, self.pools)
+        if stats is not None:
+            ctx.stats = stats  # a listener re-created under its name keeps counting (no counter reset)
         socks = [self.sockets.get(socket_key(listener, a)) for a in listener.bind]
         serving = make_serving(ctx, socks)
         self.contexts[listener.name] = ctx
@@ -117,21 +154,60 @@ class Proxy:
 
     # -- reload ------------------------------------------------------------------------------------
     async def reload(self) -> bool:
-        """Re-read the config file; keep the old config on any error."""
+        """Re-read and validate the whole config file; keep the old config on any error."""
         path = self.config.path
         try:
-            new = load_config(path)
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            new = parse_config(raw, path)
+        except OSError as e:
+            self._reload_failed([str(ConfigIssue(path, 0, "", f"cannot read: {e.strerror}"))])
+            return False
         except ConfigError as e:
             self._reload_failed([str(i) for i in e.issues])
             return False
+        return await self.apply(new, raw)
+
+    async def apply(self, new: Config, raw: bytes) -> bool:
+        """Swap in a validated config: bind first, then pools, listeners, components."""
         try:
             added = self.sockets.ensure(self._socket_keys(new))
         except OSError as e:
             self._reload_failed([str(e.strerror or e)])
             return False
         old = self.config
+        try:
+            log.configure(new.log.level, new.log.access, new.log.format)
+        except OSError as e:
+            log.configure(old.log.level, old.log.access, old.log.format)
+            for key in added:
+                self.sockets.sockets.pop(key).close()
+            self._reload_failed([f"log.access: cannot open {new.log.access}: {e.strerror or e}"])
+            return False
         self.config = new
-        log.configure(new.log.level, new.log.access, new.log.format)
+        try:
+            self._apply_pools(new)
+            await self._apply_serving(old, new, raw)
+            self.sockets.retain(set(self._socket_keys(new)))
+            for comp in self.components:
+                await comp.reload(new)
+        except Exception as e:  # a bug must not end the process: log it, keep serving
+            log.error("reload failed while applying; the new configuration is partly applied", error=repr(e))
+            self._count_reload("failure")
+            return False
+        self._count_reload("success")
+        log.event(
+            "debug" if self.role == "worker" else "info",  # the supervisor logs it once for all
+            "configuration reloaded",
+            config=new.path,
+            digest=new.digest[:12],
+            new_sockets=len(added),
+            listeners=len(new.listeners),
+            backends=len(new.backends),
+        )
+        return True
+
+    def _apply_pools(self, new: Config) -> None:
         # Pools first, so listeners see the new backends the moment they are updated.
         pools: dict[str, BackendPool] = {}
         for name, be in new.backends.items():
@@ -145,7 +221,11 @@ class Proxy:
             if name not in pools:
                 pool.set_source("static", [])
                 pool.set_source("swarm", [])
+                if pool.draining:
+                    self.gone_pools.append(pool)
         self.pools = pools
+
+    async def _apply_serving(self, old: Config, new: Config, raw: bytes) -> None:
         old_listeners = {lst.name: lst for lst in old.listeners}
         new_names = {lst.name for lst in new.listeners}
         for name in list(self.contexts):
@@ -154,32 +234,27 @@ class Proxy:
         for listener in new.listeners:
             prev = old_listeners.get(listener.name)
             if prev is not None and prev.mode == listener.mode and prev.bind == listener.bind:
-                self.contexts[listener.name].update(listener, new.timeouts, pools)
+                self.contexts[listener.name].update(listener, new.timeouts, self.pools)
             else:
-                if prev is not None:
+                # Same name, same counters: a re-created listener (new bind or mode, or back
+                # while its old self still drains) continues its series instead of resetting it.
+                stats = next((c.stats for c in self.retired if c.listener.name == listener.name), None)
+                if prev is not None and listener.name in self.contexts:
+                    stats = self.contexts[listener.name].stats
                     await self._retire(listener.name)
-                await self._add_listener(listener)
-        self.sockets.retain(set(self._socket_keys(new)))
-        for comp in self.components:
-            await comp.reload(new)
-        self.reloads.success += 1
-        self.reloads.last_time = time.time()
-        self.reloads.last_result = "success"
-        log.info(
-            "configuration reloaded",
-            config=path,
-            digest=new.digest[:12],
-            new_sockets=len(added),
-            listeners=len(new.listeners),
-            backends=len(new.backends),
-        )
-        return True
+                await self._add_listener(listener, stats)
 
     def _reload_failed(self, errors: list[str]) -> None:
-        self.reloads.failure += 1
-        self.reloads.last_time = time.time()
-        self.reloads.last_result = "failure"
+        self._count_reload("failure")
         log.error("reload failed: keeping the running configuration", config=self.config.path, errors=errors)
+
+    def _count_reload(self, result: str) -> None:
+        if result == "success":
+            self.reloads.success += 1
+        else:
+            self.reloads.failure += 1
+        self.reloads.last_time = time.time()
+        self.reloads.last_result = result
 
     async def _retire(self, name: str) -> None:
         """Stop accepting on a listener; its open connections finish (bounded by drain)."""
@@ -195,9 +270,58 @@ class Proxy:
         with contextlib.suppress(ValueError):
             self.retired.remove(ctx)
 
+    def _sweep_drained(self) -> None:
+        """End connections to servers that left their pool more than timeouts.drain ago.
+
+        A connection names its server in a ``server`` attribute (TcpConnection does); one
+        without it is left to finish on its own.
+        """
+        self._sweeper = self.loop.call_later(1.0, self._sweep_drained)
+        deadline = time.monotonic() - self.config.timeouts.drain
+        pools = [*self.pools.values(), *self.gone_pools]
+        late = set()
+        for pool in pools:
+            for s, since in list(pool.draining.items()):
+                if not s.active:
+                    del pool.draining[s]
+                elif since <= deadline:
+                    late.add(s)
+        self.gone_pools = [p for p in self.gone_pools if p.draining]
+        if not late:
+            return
+        for ctx in [*self.contexts.values(), *self.retired]:
+            for conn in list(ctx.connections):
+                if getattr(conn, "server", None) in late:
+                    conn.close("drain", abort=True)
+
+    # -- numbers for the admin endpoint --------------------------------------------------------
+    def listener_stats(self) -> Mapping[str, tuple[ListenerStats, int]]:
+        """Counters and open connections by listener name (retired contexts included)."""
+        out: dict[str, tuple[ListenerStats, int]] = {}
+        for ctx in [*self.contexts.values(), *self.retired]:
+            name = ctx.listener.name
+            stats, active = out.get(name, (ctx.stats, 0))
+            out[name] = (stats, active + len(ctx.connections))
+        return out
+
+    async def data_plane_families(self) -> list[Family]:
+        """Data-plane metric families (admin/metrics.py); the supervisor sums its workers'."""
+        return collect_data_plane(self)
+
+    def runtime_families(self) -> list[Family]:
+        """Families about the process model itself (the supervisor's workers)."""
+        return []
+
+    def workers_status(self) -> list[dict[str, Any]]:
+        return []
+
     # -- stop --------------------------------------------------------------------------------------
     async def shutdown(self) -> None:
         """Stop accepting, let open connections finish up to timeouts.drain, then end them."""
+        await self.stop_accepting()
+        await self.finish()
+
+    async def stop_accepting(self) -> None:
         self.draining = True
         for serving in self.servings.values():
             await serving.stop()
@@ -205,20 +329,35 @@ class Proxy:
         # another edge node) instead of waiting in a backlog nobody will accept from.
         self.sockets.close()
         log.info(
-            "draining: no new connections", open=self.open_connections(), drain_timeout_s=self.config.timeouts.drain
+            "draining: no new connections" if self.role != "worker" else "worker draining",
+            open=self.open_connections(),
+            drain_timeout_s=self.config.timeouts.drain,
         )
+
+    async def finish(self) -> None:
+        """Wait for open connections (bounded by timeouts.drain), end the rest, stop components."""
         # Components (admin's /healthz answers 503 now, health checks) stop after the listeners.
+        left = await self._drain()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for comp in self.components:
+            with contextlib.suppress(Exception):
+                await comp.stop()
+        log.info("stopped", cut_at_drain_timeout=left)
+        log.flush()
+
+    async def _drain(self) -> int:
         deadline = self.loop.time() + self.config.timeouts.drain
         while self.open_connections() and self.loop.time() < deadline and self._interrupts < 2:
             await asyncio.sleep(0.05)
         left = self.open_connections()
         for ctx in [*self.contexts.values(), *self.retired]:
             ctx.close_all("drain", abort=True)
-        for comp in self.components:
-            with contextlib.suppress(Exception):
-                await comp.stop()
-        log.info("stopped", cut_at_drain_timeout=left)
-        log.flush()
+        return left
+
+    def abort_start(self) -> None:
+        """Undo a start that failed half-way: release what was bound or spawned."""
+        self.sockets.close()
 
     def open_connections(self) -> int:
         return sum(len(c.connections) for c in [*self.contexts.values(), *self.retired])
@@ -228,7 +367,12 @@ class Proxy:
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        loop.add_signal_handler(signal.SIGHUP, self._hup.set)
+        if self.role == "worker":
+            # The supervisor validates once and pushes reloads; a HUP sent to the whole group
+            # (pkill -HUP) must not make each worker re-read the file on its own.
+            loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        else:
+            loop.add_signal_handler(signal.SIGHUP, self._hup.set)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -238,13 +382,22 @@ class Proxy:
         if self._interrupts >= 2:
             log.warning("second interrupt: exiting at once")
             log.flush()
-            os._exit(1)
+            self._exit_now()
         self._stop.set()
+
+    def _exit_now(self) -> None:
+        os._exit(1)
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads."""
-        await self.start()
+        # Signals first: a HUP or TERM that arrives while starting is acted on once started,
+        # instead of killing the process with the default action.
         self.install_signals()
+        try:
+            await self.start()
+        except BaseException:
+            self.abort_start()
+            raise
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             while not self._stop.is_set():

@@ -37,10 +37,24 @@ def bind_socket(key: SocketKey) -> socket.socket:
 
 
 class SocketSet:
-    """The open listening sockets by (proto, host, port)."""
+    """The open listening sockets by (proto, host, port).
 
-    def __init__(self) -> None:
+    A worker's set is filled by ``adopt`` with sockets the supervisor bound and passed over
+    (``can_bind=False``): a worker never binds, so all of them share one socket per address and
+    its one accept queue; a worker that exits leaves the queue to the others.
+    """
+
+    def __init__(self, *, can_bind: bool = True) -> None:
         self.sockets: dict[SocketKey, socket.socket] = {}
+        self.can_bind = can_bind
+
+    def adopt(self, key: SocketKey, sock: socket.socket) -> None:
+        old = self.sockets.get(key)
+        if old is not None and old is not sock:
+            sock.close()  # already have it (sent again with a restart or a reload)
+            return
+        sock.setblocking(False)
+        self.sockets[key] = sock
 
     def ensure(self, keys: Iterable[SocketKey]) -> list[SocketKey]:
         """Bind whatever is missing; on any failure close what this call bound and raise."""
@@ -48,6 +62,8 @@ class SocketSet:
         try:
             for key in keys:
                 if key not in self.sockets:
+                    if not self.can_bind:
+                        raise OSError(0, "was not passed by the supervisor")
                     self.sockets[key] = bind_socket(key)
                     added.append(key)
         except OSError as e:

@@ -34,7 +34,8 @@ def tcp_config(port: int, servers: list[Any], *, host: str = "127.0.0.1", **back
     cfg: dict[str, Any] = {
         "timeouts": {"connect": "1s", "client_idle": "30s", "server_idle": "30s", "drain": "10s"},
         "listeners": [{"name": "front", "bind": binds, "mode": "tcp", "backend": "app"}],
-        "backends": {"app": {"servers": servers, **backend}},
+        # No active checks here: they would add connections to what the backends count.
+        "backends": {"app": {"servers": servers, "health": {"type": "none"}, **backend}},
     }
     return cfg
 
@@ -291,3 +292,22 @@ def test_many_clients_in_parallel_each_get_their_own_bytes() -> None:
             t.join()
     assert errors == []
     assert Counter(s.peer[0] for s in backend.seen)["127.0.0.1"] == 60
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_server_that_speaks_first_reaches_every_client(workers: int) -> None:
+    """A banner sent the instant the server accepts must not arrive before the relay is wired."""
+
+    def banner(conn: socket.socket, seen: Seen) -> None:
+        conn.sendall(b"220 ready\r\n")
+        conn.recv(1)
+
+    backend = Backend(banner)
+    port = free_port()
+    cfg = tcp_config(port, [backend.address])
+    cfg["workers"] = workers
+    with edgeproxy(cfg, wait=[("127.0.0.1", port)]):
+        clients = [connect("127.0.0.1", port) for _ in range(40)]
+        for c in clients:
+            assert c.makefile("rb").readline() == b"220 ready\r\n"
+            c.close()

@@ -1,0 +1,154 @@
+"""Active health checks: one task per server, each on a fixed beat of ``interval``.
+
+A server goes DOWN after ``fall`` consecutive failed checks and comes back UP after ``rise``
+consecutive good ones (HAProxy's semantics; a new server starts UP, as in HAProxy). Checks are
+spread over the interval: the servers a reconcile finds are given evenly spaced first-check
+offsets, so N servers are not probed in one burst. This runs once per edgeproxy (the single
+process or the supervisor), so with several workers a server is still checked once per interval.
+
+The server set is re-read every ``RECONCILE`` seconds (and on reload): servers that discovery
+or a reload added get a task, servers that left lose theirs. The ``Server`` objects are kept
+across reloads by the pools, so a server that stays keeps its health state and counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from edgeproxy.admin.metrics import Family
+from edgeproxy.balance import CheckResult, Server, ServerState
+from edgeproxy.config import Config
+from edgeproxy.health.probes import probe
+from edgeproxy.log import log
+
+if TYPE_CHECKING:
+    from edgeproxy.runtime.proxy import Proxy
+
+RECONCILE = 0.5
+Key = tuple[str, Server]  # (backend name, the server object: kept by the pools across reloads)
+
+
+class _Check:
+    __slots__ = ("backend", "failed_total", "fails", "ok_total", "passes", "server", "task")
+
+    def __init__(self, backend: str, server: Server) -> None:
+        self.backend = backend
+        self.server = server
+        self.passes = 0  # consecutive
+        self.fails = 0  # consecutive
+        self.ok_total = 0  # for /metrics
+        self.failed_total = 0
+        self.task: asyncio.Task[None] | None = None
+
+
+class HealthChecker:
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.checks: dict[Key, _Check] = {}
+        self._reconciler: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reconcile()
+        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_loop())
+
+    async def reload(self, config: Config) -> None:
+        self._reconcile()
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._reconciler, *(c.task for c in self.checks.values())] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self.checks.clear()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE)
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        wanted: dict[Key, tuple[str, Server]] = {}
+        for name, pool in self.proxy.pools.items():
+            if pool.config.health.type == "none":
+                continue
+            for s in pool.servers:
+                wanted[(name, s)] = (name, s)
+        for key in [k for k in self.checks if k not in wanted]:
+            check = self.checks.pop(key)
+            if check.task is not None:
+                check.task.cancel()
+            check.server.check_down = False  # nobody checks it any more; back to passive health only
+            if check.server.state is ServerState.DOWN:
+                check.server.state = check.server.resting_state()
+        new = [(k, v) for k, v in wanted.items() if k not in self.checks]
+        by_backend: dict[str, list[tuple[Key, Server]]] = {}
+        for key, (name, s) in new:
+            by_backend.setdefault(name, []).append((key, s))
+        loop = asyncio.get_running_loop()
+        for name, items in by_backend.items():
+            interval = self.proxy.pools[name].config.health.interval
+            phase = random.uniform(0, interval / max(len(items), 1))
+            for i, (key, s) in enumerate(items):
+                check = self.checks[key] = _Check(name, s)
+                offset = phase + interval * i / len(items)
+                check.task = loop.create_task(self._run(check, offset))
+
+    async def _run(self, check: _Check, offset: float) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + offset
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            pool = self.proxy.pools.get(check.backend)
+            if pool is None:
+                return
+            cfg = pool.config
+            started = loop.time()
+            s = check.server
+            ok, detail = await probe(s.host, s.port, cfg.health, cfg.send_proxy)
+            self._record(check, ok, detail, loop.time() - started)
+            # Fixed beat: the next check is due one interval after this one was due.
+            next_at = max(next_at + cfg.health.interval, loop.time())
+
+    def _record(self, check: _Check, ok: bool, detail: str, took: float) -> None:
+        s = check.server
+        s.last_check = CheckResult(ok=ok, detail=detail, time=time.time(), duration=took)
+        pool = self.proxy.pools.get(check.backend)
+        if pool is None:
+            return
+        health = pool.config.health
+        if ok:
+            check.ok_total += 1
+            check.passes += 1
+            check.fails = 0
+            if s.check_down and check.passes >= health.rise:
+                s.check_down = False
+                self._settle(s)
+                log.info("server up", backend=check.backend, server=s.name, check=detail, rise=health.rise)
+        else:
+            check.failed_total += 1
+            check.fails += 1
+            check.passes = 0
+            if not s.check_down and check.fails >= health.fall:
+                s.check_down = True
+                self._settle(s)
+                log.warning("server down", backend=check.backend, server=s.name, check=detail, fall=health.fall)
+
+    @staticmethod
+    def _settle(s: Server) -> None:
+        if s.state is not ServerState.DRAIN:  # a draining server stays draining; it rests here later
+            s.state = s.resting_state()
+
+    def collect(self) -> Iterable[Family]:
+        checks = Family("edgeproxy_health_checks_total", "counter", "Active health checks, by result")
+        for c in self.checks.values():
+            labels = {"backend": c.backend, "server": c.server.name}
+            checks.add(c.ok_total, **labels, result="success")
+            checks.add(c.failed_total, **labels, result="failure")
+        return [checks]
