@@ -140,7 +140,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def _first_bar_text(key: str) -> str:
     t = _scenario(key).target
-    unit = {"cpu_ratio": "x", "throughput_ratio": "x", "rss_mib": " MiB", "scaling": "x", "errors": ""}[t.metric]
+    if t.metric == "errors":
+        return "0"
+    unit = {"cpu_ratio": "x", "throughput_ratio": "x", "rss_mib": " MiB", "scaling": "x"}[t.metric]
     return f"{'<=' if t.lower_is_better else '>='} {t.first_bar:g}{unit}"
 
 
