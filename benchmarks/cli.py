@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy_cpus, multi_cpus, load_cpus = machine.cpu_split()
     if proxy_cpus is None:
         print("warning: fewer than 2 CPUs allowed: nothing is pinned, figures mix proxy and load", file=sys.stderr)
+    else:
+        # The harness itself (its /proc sampling, its polling) stays off the proxies' CPU too.
+        os.sched_setaffinity(0, {int(c) for c in str(load_cpus).split(",")})
     workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-bench-"))
 
     def log(msg: str) -> None:
