@@ -135,6 +135,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_cell(r['p99 latency'])} | {_cell(r['peak RSS'])} | {_cell(t['value'], '{:g}')} | {first} | "
             f"{t['goal']} | {t['verdict']} |"
         )
+    shared = opts["load_cpus"] is not None and opts["load_cpus"] in str(opts["two_worker_cpus"]).split(",")
+    if shared and any(e["workers"] > 1 for e in result["scenarios"]):
+        lines += [
+            "",
+            f"Scenario 6 runs the proxies on CPUs {opts['two_worker_cpus']}, which wrk and nginx also use: "
+            "its scaling figure says how a proxy shares a busy machine, not how it scales on idle cores.",
+        ]
     return "\n".join(lines) + "\n"
 
 
