@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -99,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scenarios": [],
     }
     nginx = None
+    # SIGTERM (a CI timeout, kill) ends the run like Ctrl-C: every process we started is stopped
+    # (they run in their own sessions, so nothing else would stop them) and the table is printed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         nginx = Nginx(workdir, load_cpus, nofile)
         for sc in scenarios:
@@ -143,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"no chart: {why_not}")
     log(f"results: {args.output / stem}.json .md{'' if why_not else ' .png'} ({result['elapsed_s']} s)")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _stem(out: Path, date: str, host: str) -> str:

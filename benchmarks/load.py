@@ -4,6 +4,8 @@ idle-connection client of scenario 5, each a subprocess pinned beside the backen
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import time
@@ -65,13 +67,15 @@ def run_wrk(
     proc = subprocess.Popen(pinned(cmd, cpus), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + seconds + 30  # wrk ends by itself; this bounds a hung one
     next_tick = time.monotonic() + every[0] if every else float("inf")
-    while proc.poll() is None and time.monotonic() < deadline:
-        if every and time.monotonic() >= next_tick:
-            every[1]()
-            next_tick += every[0]
-        time.sleep(0.02)
-    if proc.poll() is None:
-        proc.kill()
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if every and time.monotonic() >= next_tick:
+                every[1]()
+                next_tick += every[0]
+            time.sleep(0.02)
+    finally:  # also on an interrupt: no wrk is left behind
+        if proc.poll() is None:
+            proc.kill()
     out = proc.communicate()[0]
     for line in out.splitlines():
         if line.startswith("WRKJSON "):
@@ -108,22 +112,31 @@ class IdleClients:
             pinned(cmd, cpus),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
+            bufsize=0,  # raw reads: select() must see every byte that is not yet consumed
             cwd=Path(__file__).resolve().parent.parent,
         )
         self.lines: list[str] = []
+        self._partial = b""
 
     def wait_line(self, prefix: str, timeout: float) -> dict[str, float]:
-        """Block until the client prints ``prefix k=v ...``; its fields as numbers."""
-        assert self.proc.stdout is not None
+        """Wait (at most ``timeout``) until the client prints ``prefix k=v ...``; its fields as numbers."""
+        out = self.proc.stdout
+        assert out is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
+        while True:
+            while b"\n" in self._partial:
+                raw, self._partial = self._partial.split(b"\n", 1)
+                line = raw.decode(errors="replace").rstrip()
+                self.lines.append(line)
+                if line.startswith(prefix + " "):
+                    return {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([out], [], [], left)[0]:
                 break
-            self.lines.append(line.rstrip())
-            if line.startswith(prefix + " "):
-                return {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+            chunk = os.read(out.fileno(), 65536)
+            if not chunk:
+                break
+            self._partial += chunk
         self.proc.kill()
         raise RuntimeError(f"idle client: no {prefix} line: {' | '.join(self.lines[-5:])}")
 

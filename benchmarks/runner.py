@@ -73,6 +73,9 @@ def run_scenario(sc: Scenario, nginx: Nginx, opts: Options) -> dict[str, ProxyOu
         try:
             running[name] = PROXIES[name](setup, opts.workdir, cpus, opts.commands.get(name, []))
         except Skip as e:
+            if outcomes[name].rounds:  # a restart for a fresh round: that round fails, not the scenario
+                outcomes[name].rounds.append({"error": f"restart failed: {e}"})
+                return
             outcomes[name] = ProxyOutcome("skipped", str(e))
             opts.log(f"  {name}: skipped: {e}")
 
