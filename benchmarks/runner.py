@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ class ProxyOutcome:
         good = [r for r in self.rounds if "error" not in r]
         if not good:
             return {}
-        keys = [k for k, v in good[0].items() if isinstance(v, int | float)]
+        keys = [k for k, v in good[0].items() if isinstance(v, int | float) and k not in ("round", "time")]
         return {k: statistics.median(r[k] for r in good) for k in keys}
 
     def as_json(self) -> dict[str, Any]:
@@ -101,6 +103,9 @@ def run_scenario(sc: Scenario, nginx: Nginx, opts: Options) -> dict[str, ProxyOu
                 except (RuntimeError, OSError) as e:
                     fig = {"error": str(e)}
                 fig["round"] = rnd + 1
+                # How busy the machine was (others' work too): to judge a round that stands out.
+                fig["loadavg_1m"] = os.getloadavg()[0]
+                fig["time"] = round(time.time(), 1)
                 outcomes[name].rounds.append(fig)
                 opts.log(f"  round {rnd + 1} {name}: {_brief(fig)}")
                 if fresh:
