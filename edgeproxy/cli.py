@@ -40,6 +40,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def cmd_swarm_status(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    from edgeproxy.discovery.status_report import main as swarm_status
+
+    return swarm_status(config, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproxy",
@@ -54,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file and exit (0 valid, 1 invalid)")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("swarm", help="swarm discovery tools")
+    swarm_sub = p.add_subparsers(dest="swarm_command", required=True, metavar="SUBCOMMAND")
+    p = swarm_sub.add_parser("status", help="managers, quorum, services, tasks and the servers discovery finds")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--json", action="store_true", help="JSON for scripts instead of the table")
+    p.set_defaults(func=cmd_swarm_status)
     return parser
 
 

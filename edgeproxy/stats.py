@@ -39,9 +39,16 @@ class ListenerStats:
         "bytes_out",
         "connect_time",
         "connections_total",
+        "datagrams_in",
+        "datagrams_out",
+        "dropped_oversize",
         "ended",
+        "evictions",
         "request_duration",
         "requests",
+        "udp_dropped",
+        "udp_errors",
+        "udp_refused",
     )
 
     def __init__(self) -> None:
@@ -52,3 +59,11 @@ class ListenerStats:
         self.requests: dict[int, int] = {}  # http: responses by status code
         self.request_duration = Histogram()  # http: first byte of request -> last byte of response
         self.connect_time = Histogram()  # upstream connect() duration
+        # udp: connections_total counts flows; datagrams as received from / sent to clients.
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.dropped_oversize = 0  # over the listener's max_datagram_size
+        self.evictions = 0  # flows ended early because max_connections (max flows) was reached
+        self.udp_dropped = 0  # no usable server, per-flow queue full, or listener stopping
+        self.udp_refused = 0  # ICMP port unreachable from a server (flow re-balanced)
+        self.udp_errors = 0  # other socket errors reported on a flow or listening socket

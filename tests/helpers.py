@@ -255,6 +255,80 @@ def edgeproxy(config: dict[str, Any], wait: list[tuple[str, int]] | None = None)
         proxy.stop()
 
 
+@dataclass
+class Datagram:
+    """One datagram a UDP backend received: from whom, its PROXY header if any, its payload."""
+
+    peer: tuple[str, int]
+    proxy: ProxyResult | None
+    payload: bytes
+
+
+class UdpBackend:
+    """A threaded UDP server on loopback: ``handler(payload, datagram)`` returns the reply (or None).
+
+    With ``expect_proxy`` every datagram must start with a PROXY v2 header; its exact bytes
+    (16 + the big-endian length at bytes 14-15) are parsed with ``proxyprotocol``.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[bytes, Datagram], bytes | None],
+        host: str = "127.0.0.1",
+        *,
+        expect_proxy: bool = False,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.expect_proxy = expect_proxy
+        self.seen: list[Datagram] = []
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.port: int = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return hostport(self.host, self.port)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            if peer is None:  # woken by close()
+                return
+            proxy = None
+            if self.expect_proxy:
+                size = 16 + int.from_bytes(data[14:16], "big")
+                proxy = ProxyProtocolDetect().unpack(data[:size])
+                data = data[size:]
+            dgram = Datagram((peer[0], peer[1]), proxy, data)
+            self.seen.append(dgram)
+            reply = self.handler(data, dgram)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(reply, peer)
+
+    def close(self) -> None:
+        """Unbind at once (a blocked recvfrom would otherwise keep the port): later datagrams
+        to this port get ICMP port unreachable, like a server that died."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the serving thread (ENOTCONN is raised after)
+        self.sock.close()
+
+
+def udp_client(source: str = "127.0.0.1", timeout: float = 2.0) -> socket.socket:
+    """An unconnected UDP client bound to a chosen loopback address (recvfrom shows who answered)."""
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    s.bind((source, 0))
+    return s
+
+
 # -- admin endpoint and load (issue 4) -----------------------------------------------------------
 
 

@@ -210,4 +210,9 @@ def control_families(proxy: Proxy) -> list[Family]:
     info.add(1, path=proxy.config.path, sha256=proxy.config.digest)
     start = Family("edgeproxy_start_time_seconds", "gauge", "When this edgeproxy started (Unix time)")
     start.add(proxy.started)
-    return [up, state, reloads, last, when, info, start]
+    out = [up, state, reloads, last, when, info, start]
+    for comp in proxy.components:  # components with counters of their own (swarm discovery)
+        families = getattr(comp, "metric_families", None)
+        if families is not None:
+            out.extend(families())
+    return out

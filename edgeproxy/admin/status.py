@@ -60,6 +60,7 @@ def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
                     "name": s.name,
                     "state": s.state.value,
                     "source": s.source,
+                    **s.meta,  # swarm servers: service, task, node
                     "weight": s.weight,
                     "backup": s.backup,
                     "admin_drain": s.admin_drain,

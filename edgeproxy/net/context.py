@@ -9,7 +9,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from edgeproxy.config import Listener, Timeouts
+from edgeproxy.config import Listener, Route, Timeouts
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.stats import ListenerStats
 
@@ -30,6 +30,8 @@ class ListenerContext:
         self.connections: set[Closable] = set()
         self.stats = ListenerStats()
         self.on_count: Callable[[int], None] | None = None  # set by the accept gate
+        # HTTP routes published at run time (swarm labels), consulted after listener.routes.
+        self.extra_routes: tuple[Route, ...] = ()
         self.update(listener, timeouts, pools)
 
     def update(self, listener: Listener, timeouts: Timeouts, pools: Mapping[str, BackendPool]) -> None:

@@ -30,6 +30,7 @@ from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
+from edgeproxy.net.udp import UdpListener
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_key
 from edgeproxy.stats import ListenerStats
@@ -65,6 +66,8 @@ def make_serving(ctx: ListenerContext, sockets: list[socket.socket]) -> Serving:
     mode = ctx.listener.mode
     if mode == "tcp":
         return TcpListener(ctx, sockets, lambda: TcpConnection(ctx))
+    if mode == "udp":
+        return UdpListener(ctx, sockets)
     raise OSError(0, f"listener {ctx.listener.name}: mode {mode} is not available in this build")
 
 
@@ -98,6 +101,9 @@ class Proxy:
         self._interrupts = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self.gone_pools: list[BackendPool] = []  # removed by a reload, servers still draining
+        # Pools added at run time (swarm label backends): a reload keeps them; their owner
+        # removes them.
+        self.dynamic_pools: set[str] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -133,6 +139,10 @@ class Proxy:
         from edgeproxy.health.checker import HealthChecker
 
         comps: list[Component] = [HealthChecker(self), AdminServer(self)]
+        if self.config.swarm is not None:
+            from edgeproxy.discovery.swarm import SwarmDiscovery
+
+            comps.append(SwarmDiscovery(self))
         return comps
 
     async def _start_serving(self) -> None:
@@ -217,6 +227,9 @@ class Proxy:
             elif pool.config != be:
                 pool.reconfigure(be)
             pools[name] = pool
+        for name in self.dynamic_pools:
+            if name not in pools and name in self.pools:
+                pools[name] = self.pools[name]
         for name, pool in self.pools.items():
             if name not in pools:
                 pool.set_source("static", [])
