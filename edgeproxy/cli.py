@@ -49,6 +49,12 @@ def cmd_swarm_status(args: argparse.Namespace) -> int:
     return swarm_status(config, args.json)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgeproxy.demo import main as demo
+
+    return demo(args.base_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproxy",
@@ -69,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.add_argument("--json", action="store_true", help="JSON for scripts instead of the table")
     p.set_defaults(func=cmd_swarm_status)
+    p = sub.add_parser("demo", help="run demo apps behind edgeproxy on loopback and show what they see")
+    p.add_argument(
+        "--base-port", type=int, default=18000, help="first port (default 18000; uses base..base+3, base+10, base+11)"
+    )
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -329,6 +329,228 @@ def udp_client(source: str = "127.0.0.1", timeout: float = 2.0) -> socket.socket
     return s
 
 
+# -- HTTP ------------------------------------------------------------------------------------------
+@dataclass
+class HttpRequest:
+    """One request as a backend received it: its head verbatim, headers in order, decoded body."""
+
+    conn_id: int
+    peer: tuple[str, int]
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    raw_head: bytes
+    body: bytes = b""
+    stream: Any = None  # the connection's reader, when the handler reads the body itself
+
+    def all(self, name: str) -> list[str]:
+        """Every value of a header (case-insensitive name), one per line as received."""
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def get(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+
+HttpHandler = Callable[["HttpRequest", socket.socket], bool]
+
+# Backends in http tests: no active health checks, they would add connections to what the
+# backends count.
+NO_CHECKS: dict[str, Any] = {"type": "none"}
+
+
+def echo_who_handler(req: HttpRequest, conn: socket.socket) -> bool:
+    """Answer with what the backend saw about the client, as JSON; keep the connection open."""
+    import json
+
+    body = json.dumps(
+        {
+            "peer": req.peer[0],
+            "xff": req.all("X-Forwarded-For"),
+            "real_ip": req.all("X-Real-IP"),
+            "proto": req.all("X-Forwarded-Proto"),
+            "forwarded": req.all("Forwarded"),
+            "path": req.target,
+            "conn": req.conn_id,
+            "body_len": len(req.body),
+        }
+    ).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    return True
+
+
+class HttpBackend:
+    """A threaded HTTP/1.1 server on loopback that records every request it parses.
+
+    Its parser is deliberately *lenient* the way many application servers are (bare LF line
+    ends, Content-Length or chunked, chunk sizes read with int(x, 16)): if edgeproxy let a
+    smuggled request through, this backend would see it as a second request. ``handler(req,
+    conn)`` answers one request and returns whether to keep the connection open.
+    """
+
+    def __init__(
+        self, handler: HttpHandler = echo_who_handler, host: str = "127.0.0.1", read_body: bool = True
+    ) -> None:
+        self.handler = handler
+        self.read_body = read_body
+        self.requests: list[HttpRequest] = []
+        self.connections = 0
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._backend = Backend(self._serve, host=host)
+        self.port = self._backend.port
+        self.host = host
+
+    @property
+    def address(self) -> str:
+        return hostport(self.host, self.port)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def _serve(self, conn: socket.socket, seen: Seen) -> None:
+        with self._lock:
+            self.connections += 1
+            conn_id = self.connections
+        # The reader holds a reference to the socket: it must be closed for the socket to close.
+        with conn.makefile("rb") as f:
+            while True:
+                try:
+                    req = read_http_request(f, conn_id, seen.peer, conn, read_body=self.read_body)
+                except ValueError as e:
+                    self.errors.append(str(e))
+                    return
+                if req is None:
+                    return
+                with self._lock:
+                    self.requests.append(req)
+                keep = self.handler(req, conn)
+                req.stream = None
+                if not keep:
+                    return
+
+
+def read_http_request(
+    f: Any,
+    conn_id: int = 0,
+    peer: tuple[str, int] = ("", 0),
+    conn: socket.socket | None = None,
+    read_body: bool = True,
+) -> HttpRequest | None:
+    """Lenient request reader (see HttpBackend). None at a clean EOF. With ``conn``, an
+    ``Expect: 100-continue`` is answered before the body is read."""
+    raw = b""
+    lines: list[bytes] = []
+    while True:
+        line = f.readline(65536)
+        if not line:
+            if raw:
+                raise ValueError(f"EOF inside a head: {raw!r}")
+            return None
+        raw += line
+        if line in (b"\r\n", b"\n"):
+            if not lines:
+                continue  # empty lines before a request
+            break
+        lines.append(line.rstrip(b"\r\n"))
+    parts = lines[0].decode("latin-1").split(" ")
+    if len(parts) != 3:
+        raise ValueError(f"bad request line {lines[0]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.append((name.strip(), value.strip()))
+    req = HttpRequest(conn_id, peer, parts[0], parts[1], parts[2], headers, raw)
+    if conn is not None and (req.get("Expect") or "").lower() == "100-continue":
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    te = (req.get("Transfer-Encoding") or "").lower()
+    if not read_body:
+        req.stream = f
+    elif "chunked" in te:
+        req.body = b"".join(iter_chunked(f))
+    elif req.get("Content-Length") is not None:
+        req.body = f.read(int(req.get("Content-Length") or 0))
+    return req
+
+
+def iter_chunked(f: Any) -> Iterator[bytes]:
+    """The decoded chunks of a chunked body (trailers skipped), leniently like most servers."""
+    while True:
+        size = int(f.readline().strip().split(b";")[0], 16)
+        if size == 0:
+            while f.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return
+        yield f.read(size)
+        f.readline()
+
+
+def read_http_response(f: Any, head_request: bool = False) -> tuple[int, dict[str, str], bytes, bytes]:
+    """(status, headers lower-cased, body, raw head) of one response; 1xx heads are returned too."""
+    raw = b""
+    while True:
+        line = f.readline(65536)
+        if not line:
+            raise ConnectionError(f"EOF inside a response head: {raw!r}")
+        raw += line
+        if line == b"\r\n":
+            break
+    lines = raw.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if head_request or status < 200 or status in (204, 304):
+        return status, headers, b"", raw
+    if "chunked" in headers.get("transfer-encoding", ""):
+        return status, headers, b"".join(iter_chunked(f)), raw
+    if "content-length" in headers:
+        return status, headers, f.read(int(headers["content-length"])), raw
+    return status, headers, f.read(), raw
+
+
+class HttpClient:
+    """A keep-alive HTTP/1.1 client on one socket, for tests that look at the bytes."""
+
+    def __init__(self, host: str, port: int, source: str | None = None, timeout: float = 10.0) -> None:
+        self.sock = connect(host, port, source=source, timeout=timeout)
+        self.reader = self.sock.makefile("rb")
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, head_request: bool = False) -> tuple[int, dict[str, str], bytes]:
+        status, headers, body, _ = read_http_response(self.reader, head_request)
+        return status, headers, body
+
+    def request(
+        self, path: str = "/", host: str = "example.test", headers: str = "", method: str = "GET", body: bytes = b""
+    ) -> tuple[int, dict[str, str], bytes]:
+        length = f"Content-Length: {len(body)}\r\n" if body else ""
+        self.send(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}{length}\r\n".encode() + body)
+        return self.response(method == "HEAD")
+
+    def json(self, path: str = "/", **kw: Any) -> dict[str, Any]:
+        import json
+
+        status, _, body = self.request(path, **kw)
+        assert status == 200, (status, body)
+        return dict(json.loads(body))
+
+
 # -- admin endpoint and load (issue 4) -----------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from edgeproxy.config import Listener, Route, Timeouts
+from edgeproxy.proto.forwarded import ForwardingPolicy
+from edgeproxy.proto.routing import RouteTable
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.stats import ListenerStats
 
@@ -30,8 +32,7 @@ class ListenerContext:
         self.connections: set[Closable] = set()
         self.stats = ListenerStats()
         self.on_count: Callable[[int], None] | None = None  # set by the accept gate
-        # HTTP routes published at run time (swarm labels), consulted after listener.routes.
-        self.extra_routes: tuple[Route, ...] = ()
+        self._extra_routes: tuple[Route, ...] = ()
         self.update(listener, timeouts, pools)
 
     def update(self, listener: Listener, timeouts: Timeouts, pools: Mapping[str, BackendPool]) -> None:
@@ -41,6 +42,23 @@ class ListenerContext:
         # Client and server inactivity end the same relay, so one timer with the smaller limit.
         self.idle_timeout = min(timeouts.client_idle_for(listener.mode), timeouts.server_idle)
         self.trusted_proxies = listener.accept_proxy.trusted if listener.accept_proxy else ()
+        self.forwarding = ForwardingPolicy(listener.forwarded)
+        self._build_routes()
+
+    @property
+    def extra_routes(self) -> tuple[Route, ...]:
+        """http: routes added at run time (swarm labels); their backends are in ``pools``."""
+        return self._extra_routes
+
+    @extra_routes.setter
+    def extra_routes(self, routes: tuple[Route, ...]) -> None:
+        self._extra_routes = tuple(routes)
+        self._build_routes()
+
+    def _build_routes(self) -> None:
+        routes = (*self.listener.routes, *self._extra_routes)
+        # None: no routes at all, every request goes to the listener's backend without a lookup.
+        self.route_table = RouteTable(routes, self.listener.backend) if routes else None
 
     def must_send_proxy_header(self, peer_ip: str) -> bool:
         if not self.trusted_proxies:
@@ -50,6 +68,12 @@ class ListenerContext:
 
     def pool_for_connection(self) -> BackendPool | None:
         name = self.listener.backend
+        return self.pools.get(name) if name is not None else None
+
+    def pool_for_request(self, host: bytes | None, path: bytes) -> BackendPool | None:
+        """http: the pool for one request (precedence in edgeproxy/proto/routing.py)."""
+        table = self.route_table
+        name = self.listener.backend if table is None else table.backend_for(host, path)
         return self.pools.get(name) if name is not None else None
 
     def opened(self, conn: Closable) -> None:

@@ -27,15 +27,18 @@ async def connect_upstream(
     pool: BackendPool,
     client_ip: str,
     factory: Callable[[], asyncio.Protocol],
+    first: Server | None = None,
 ) -> tuple[asyncio.Transport, Server] | None:
     """Connect to a server of ``pool``; None when every attempt failed or nothing is up.
 
-    The returned server has been ``acquire()``d; the caller releases it when done.
+    ``first``: a server the caller already picked (http mode picks before it knows whether an
+    idle connection to it exists); retries pick again. The returned server has been
+    ``acquire()``d; the caller releases it when done.
     """
     loop = ctx.loop
     tried: list[Server] = []
-    for _attempt in range(pool.config.retries + 1):
-        server = pool.pick(client_ip, tried)
+    for attempt in range(pool.config.retries + 1):
+        server = first if attempt == 0 and first is not None else pool.pick(client_ip, tried)
         if server is None:
             break
         server.acquire()

@@ -28,6 +28,7 @@ from edgeproxy.config import Config, ConfigError, Listener, parse_config
 from edgeproxy.config.loader import ConfigIssue
 from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
+from edgeproxy.net.http_relay import HttpConnection, HttpListener
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
 from edgeproxy.net.udp import UdpListener
@@ -68,6 +69,8 @@ def make_serving(ctx: ListenerContext, sockets: list[socket.socket]) -> Serving:
         return TcpListener(ctx, sockets, lambda: TcpConnection(ctx))
     if mode == "udp":
         return UdpListener(ctx, sockets)
+    if mode == "http":
+        return HttpListener(ctx, sockets, lambda: HttpConnection(ctx))
     raise OSError(0, f"listener {ctx.listener.name}: mode {mode} is not available in this build")
 
 

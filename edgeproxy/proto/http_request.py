@@ -1,0 +1,293 @@
+"""Request heads (sans-IO): parse once, refuse anything that could smuggle, rewrite minimally.
+
+llhttp (``httptools``) validates the whole head in C: request line, token header names, no bare
+CR or LF, no obs-fold, no control bytes, a single valid Content-Length, Content-Length together
+with Transfer-Encoding, a Transfer-Encoding that does not end in ``chunked``. We add the checks
+it leaves lenient (RFC 9112): Transfer-Encoding on HTTP/1.0, versions other than 1.0/1.1, extra
+spaces in the request line, a missing or repeated Host, an absolute-form target that disagrees
+with Host, CONNECT.
+
+The fields a proxy acts on are then picked out of the validated head by one compiled regex
+instead of a Python callback per header line (measured here: 0.7 us against 1.1 us for
+``GET / HTTP/1.1`` + Host, 1.4 us against 2.3 us for a 9-header browser request). Because llhttp
+has already checked the syntax, ``\\r\\n<name>:`` can only match the start of a real header line.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httptools
+
+from edgeproxy.proto.http1 import HttpError
+
+# Field codes. The forwarding headers come in any letter case and, for the spoofing trick that
+# works on CGI/WSGI-style servers (which turn "-" into "_"), with underscores too.
+HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, UPGRADE = range(1, 6)
+XFF, X_REAL_IP, XF_PROTO, XF_HOST, XF_PORT, FORWARDED = range(6, 12)
+
+_FORWARDING_BASE = {
+    b"x-forwarded-for": XFF,
+    b"x-real-ip": X_REAL_IP,
+    b"x-forwarded-proto": XF_PROTO,
+    b"x-forwarded-host": XF_HOST,
+    b"x-forwarded-port": XF_PORT,
+    b"forwarded": FORWARDED,
+}
+FIELD_CODES: dict[bytes, int] = {
+    b"host": HOST,
+    b"content-length": CONTENT_LENGTH,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"connection": CONNECTION,
+    b"upgrade": UPGRADE,
+    **_FORWARDING_BASE,
+}
+
+
+def spellings(name: bytes) -> list[bytes]:
+    """``x-real-ip`` -> every mix of ``-`` and ``_``: ``x-real-ip``, ``x_real-ip``, ... ``x_real_ip``."""
+    out = [b""]
+    for part_no, part in enumerate(name.split(b"-")):
+        out = [o + sep + part for o in out for sep in ((b"",) if part_no == 0 else (b"-", b"_"))]
+    return out
+
+
+# The spellings that nearly every client uses, looked up before lower-casing (saves a call
+# per header on the hot path).
+_USUAL_SPELLING: dict[bytes, int] = {}
+for _name, _code in FIELD_CODES.items():
+    for _spelling in (_name, _name.title(), _name.upper()):
+        _USUAL_SPELLING[_spelling] = _code
+_USUAL_SPELLING[b"X-Real-IP"] = X_REAL_IP
+_LOWER = {code: name for name, code in FIELD_CODES.items()}
+
+_FIELD_RE = re.compile(
+    rb"\r\n(host|content-length|transfer-encoding|connection|upgrade"
+    rb"|x[-_]forwarded[-_](?:for|proto|host|port)|x[-_]real[-_]ip|forwarded):[ \t]*([^\r]*)",
+    re.IGNORECASE,
+)
+# Every spelling of every forwarding header, lower case: what an untrusted client may not send,
+# in the head or in chunked trailers.
+FORWARDING_NAMES = frozenset(spelling for name in _FORWARDING_BASE for spelling in spellings(name))
+
+
+# Never strippable by a client's Connection header (RFC 9110 7.6.1 hop-by-hop list abuse): the
+# framing and the routing of the request must stay what we parsed.
+_NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+
+
+class _Complete:
+    """llhttp's on_message_complete, counted: checks that its framing agrees with ours."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+
+
+class RequestParser:
+    """One client connection's request parser; ``parse`` fills the attributes for one head.
+
+    The attributes are overwritten per request instead of building an object per request: the
+    relay reads them right away.
+    """
+
+    __slots__ = (
+        "_complete",
+        "_llhttp",
+        "chunked",
+        "connection_value",
+        "content_length",
+        "drop",
+        "forwarding",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "target",
+        "upgrade",
+        "version_11",
+    )
+
+    def __init__(self) -> None:
+        self._complete = _Complete()
+        self._llhttp = httptools.HttpRequestParser(self._complete)
+        self.method = b""
+        self.target = b""
+        self.path = b""
+        self.host: bytes | None = None
+        self.version_11 = True
+        self.content_length = 0
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade = False
+        # (code, lower-case name as sent, value) of each forwarding header line
+        self.forwarding: list[tuple[int, bytes, bytes]] = []
+        # lower-case names of header lines the rewrite must drop (hop-by-hop), or empty
+        self.drop: set[bytes] = set()
+        # when ``drop`` has b"connection": the Connection value to send instead (may be empty)
+        self.connection_value = b""
+
+    def parse(self, head: bytes) -> None:
+        """``head``: a complete head, request line to the empty line. Raises HttpError."""
+        complete = self._complete
+        before = complete.count
+        upgrade = False
+        try:
+            self._llhttp.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            upgrade = True  # Connection: upgrade + Upgrade, or CONNECT: decided below
+        except httptools.HttpParserError as e:
+            raise HttpError(400, "bad_request", f"invalid request head: {e}") from None
+        try:
+            method, target, rest = head.split(b" ", 2)
+        except ValueError:
+            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP version") from None
+        version = rest[:10]
+        if version == b"HTTP/1.1\r\n":
+            v11 = True
+        elif version == b"HTTP/1.0\r\n":
+            v11 = False
+        elif version[:5] == b"HTTP/" and version[8:] == b"\r\n":
+            raise HttpError(505, "bad_version", f"HTTP version {version[:8].decode('latin-1')} not supported")
+        else:
+            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP HTTP/1.x")
+        if not target:  # llhttp tolerates "GET  / HTTP/1.1"
+            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP version")
+        if method == b"CONNECT":
+            raise HttpError(405, "connect_refused", "CONNECT tunnels are not offered")
+        self.method = method
+        self.version_11 = v11
+        self.target = target
+
+        host: bytes | None = None
+        hosts = 0
+        content_length = 0
+        chunked = False
+        close = ka_token = upgrade_token = False
+        forwarding = self.forwarding
+        if forwarding:
+            forwarding.clear()
+        drop = self.drop
+        if drop:
+            drop.clear()
+        for name, value in _FIELD_RE.findall(head):
+            code = _USUAL_SPELLING.get(name)
+            if code is not None:
+                lname = _LOWER[code]
+            else:
+                lname = name.lower()
+                code = FIELD_CODES.get(lname)
+                if code is None:  # an underscore spelling of a forwarding header
+                    code = FIELD_CODES[lname.replace(b"_", b"-")]
+            if code == HOST:
+                host = value.rstrip(b" \t")
+                hosts += 1
+            elif code >= XFF:
+                forwarding.append((code, lname, value.rstrip(b" \t")))
+            elif code == CONTENT_LENGTH:
+                content_length = int(value)  # llhttp: digits only, one value
+            elif code == TRANSFER_ENCODING:
+                if not v11:
+                    raise HttpError(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
+                if value.rstrip(b" \t").rsplit(b",", 1)[-1].strip(b" \t").lower() != b"chunked":
+                    raise HttpError(400, "bad_request", "Transfer-Encoding must end with chunked")
+                chunked = True
+            elif code == CONNECTION:
+                if value == b"keep-alive" or value == b"Keep-Alive":  # what browsers send
+                    ka_token = True
+                    continue
+                for token in value.lower().split(b","):
+                    token = token.strip(b" \t")
+                    if token == b"close":
+                        close = True
+                    elif token == b"keep-alive":
+                        ka_token = True
+                    elif token == b"upgrade":
+                        upgrade_token = True
+                    elif token and token not in _NOT_HOP_BY_HOP:
+                        drop.add(token)
+                        drop.add(b"connection")
+        if close:
+            drop.add(b"connection")
+        keep_alive = not close and (v11 or ka_token)
+        if drop and b"connection" in drop:
+            # The line goes; what it said that the backend must still hear is said again.
+            tokens = [t for t, on in ((b"keep-alive", ka_token and not close), (b"upgrade", upgrade_token)) if on]
+            self.connection_value = b", ".join(tokens)
+        else:
+            self.connection_value = b""
+        if hosts > 1:
+            raise HttpError(400, "bad_request", "repeated Host header")
+        if v11 and not hosts:
+            raise HttpError(400, "bad_request", "missing Host header (required in HTTP/1.1)")
+        if target[:1] != b"/":
+            host = self._absolute_form(target, host)
+        else:
+            self.path = b""  # computed on demand: only routing needs it
+        self.host = host
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade and upgrade_token
+        if (chunked or content_length > 0) == (complete.count != before):
+            # Our framing and llhttp's must agree on whether a body follows.
+            raise HttpError(400, "bad_request", "ambiguous request framing")
+
+    def _absolute_form(self, target: bytes, host: bytes | None) -> bytes | None:
+        if target == b"*":
+            self.path = b"*"
+            return host
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise HttpError(400, "bad_request", "request target must be /path, * or http://host/path")
+        end = len(rest)
+        for stop in (b"/", b"?"):
+            i = rest.find(stop)
+            if 0 <= i < end:
+                end = i
+        authority = rest[:end]
+        # RFC 9112 3.2.2: the target's authority wins over Host. Routing on one while the
+        # backend reads the other is a classic bypass, so when both are there they must agree.
+        if host is not None and host.lower() != authority.lower():
+            raise HttpError(400, "bad_request", "absolute-form target and Host disagree")
+        path = rest[end:] or b"/"
+        q = path.find(b"?")
+        self.path = path if q < 0 else path[:q]
+        return authority
+
+    def routing_path(self) -> bytes:
+        """The target's path (no query) for routing."""
+        path = self.path
+        if not path:
+            target = self.target
+            q = target.find(b"?")
+            path = self.path = target if q < 0 else target[:q]
+        return path
+
+    def feed_body(self, data: bytes) -> bool:
+        """Feed forwarded body bytes to llhttp; True once it has seen the end of the message."""
+        complete = self._complete
+        before = complete.count
+        try:
+            self._llhttp.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            return True
+        except httptools.HttpParserError as e:
+            raise HttpError(400, "bad_request", f"invalid request body framing: {e}") from None
+        return complete.count != before
+
+
+def without_lines(head: bytes, names: set[bytes] | frozenset[bytes]) -> bytes:
+    """The head minus the header lines whose lower-case name is in ``names``, and minus its final
+    empty line (the caller appends its own lines and the CRLF). Only for validated heads."""
+    lines = head[:-4].split(b"\r\n")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        if line[: line.find(b":")].lower() not in names:
+            kept.append(line)
+    kept.append(b"")
+    return b"\r\n".join(kept)
