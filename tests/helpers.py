@@ -288,6 +288,10 @@ class UdpBackend:
         self.port: int = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
+    @property
+    def address(self) -> str:
+        return hostport(self.host, self.port)
+
     def _serve(self) -> None:
         while True:
             try:

@@ -14,7 +14,7 @@ import asyncio
 from typing import TYPE_CHECKING, cast
 
 from edgeproxy.proto.http1 import MAX_RESPONSE_HEAD, ChunkedReader, HttpError
-from edgeproxy.proto.http_response import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ResponseParser
+from edgeproxy.proto.http_response import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ResponseParser, crlf_head
 
 if TYPE_CHECKING:
     from edgeproxy.balance import Server
@@ -121,6 +121,9 @@ class UpstreamConn(asyncio.Protocol):
         parser = self.parser
         while True:
             end = buf.find(b"\r\n\r\n")
+            if (fixed := crlf_head(buf, end)) is not None:
+                buf = fixed
+                end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_RESPONSE_HEAD:
                     raise HttpError(502, "bad_response", "response head too large")

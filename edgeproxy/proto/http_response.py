@@ -32,6 +32,27 @@ _STATUS_LINE = {b"HTTP/1.%d %d" % (minor, status): status for minor in (0, 1) fo
 _CONNECTION_LINE = re.compile(rb"\r\nconnection:[^\r]*", re.IGNORECASE)
 
 
+_LENIENT_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def crlf_head(buf: bytes, end: int) -> bytes | None:
+    """``buf`` with its head's bare LF line ends made CRLF, or None if the head uses CRLF.
+
+    ``end`` is where CRLF CRLF was found (-1: not yet). RFC 9112 2.2 lets a recipient accept a
+    bare LF as a line end, and CGI servers such as busybox httpd end their header lines that way;
+    nginx and HAProxy accept it from backends, so refusing it (502) would only break working apps.
+    Requests stay strict: a bare LF there is a smuggling vector; here the backend is the trusted
+    side. Two bounded finds keep the usual CRLF response at ~0.1 us extra.
+    """
+    limit = end if end >= 0 else len(buf)
+    if buf.find(b"\n\n", 0, limit) < 0 and buf.find(b"\n\r\n", 0, limit) < 0:
+        return None
+    m = _LENIENT_HEAD_END.search(buf)
+    assert m is not None
+    return _LINE_END.sub(b"\r\n", buf[: m.end()]) + buf[m.end() :]
+
+
 class _Complete:
     __slots__ = ("count",)
 

@@ -18,11 +18,14 @@ import pytest
 
 from tests.helpers import (
     NO_CHECKS,
+    Backend,
     EdgeProxy,
     HttpBackend,
     HttpClient,
     HttpRequest,
+    Seen,
     connect,
+    edgeproxy,
     free_port,
     hostport,
     recv_all,
@@ -387,3 +390,25 @@ def test_short_server_idle_is_not_held_back_by_longer_timers() -> None:
     finally:
         proxy.stop()
         silent.close()
+
+
+def test_cgi_style_bare_lf_response_head_is_accepted() -> None:
+    """busybox httpd's CGI answers end header lines with a bare LF (what the swarm test image
+    runs); like nginx and HAProxy, edgeproxy forwards that response rather than answering 502."""
+
+    def cgi(conn: socket.socket, seen: Seen) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(65536)
+        xff = next(line for line in request.split(b"\r\n") if line.lower().startswith(b"x-forwarded-for:"))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\n\nsaw " + xff.split(b":", 1)[1].strip() + b"\n")
+
+    backend = Backend(cgi)
+    port = free_port()
+    cfg = {
+        "listeners": [{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "backend": "cgi"}],
+        "backends": {"cgi": {"servers": [backend.address], "health": NO_CHECKS}},
+    }
+    with edgeproxy(cfg), HttpClient("127.0.0.1", port, source="127.0.0.61") as c:
+        status, headers, body = c.request("/cgi-bin/ip")
+    assert (status, headers["content-type"], body) == (200, "text/plain", b"saw 127.0.0.61\n")

@@ -113,12 +113,14 @@ def test_source_balance_keeps_a_client_ip_on_its_server_across_flows() -> None:
     port = free_port(kind=socket.SOCK_DGRAM)
     with edgeproxy(udp_config(port, [a.address, b.address], balance="source")):
         got: dict[str, set[str]] = {}
-        for n in range(12):
-            ip = f"127.0.0.{41 + n % 6}"
+        # 24 client IPs: the ring depends on the servers' random ports, so with few IPs all of
+        # them could hash to one server (6 IPs: 1 run in 32); with 24, 1 in 8 million.
+        for n in range(48):
+            ip = f"127.0.0.{41 + n % 24}"
             with udp_client(ip) as c:  # a new source port each time: a new flow
                 got.setdefault(ip, set()).add(ask(c, port, n))
     assert all(len(servers) == 1 for servers in got.values())
-    assert set().union(*got.values()) == {"192.0.2.1", "192.0.2.2"}  # 6 IPs on 2 servers: both used
+    assert set().union(*got.values()) == {"192.0.2.1", "192.0.2.2"}  # 24 IPs on 2 servers: both used
     a.close()
     b.close()
 

@@ -93,7 +93,7 @@ def test_http_mode_task_sees_client_in_x_forwarded_for(swarm: Swarm) -> None:
         servers_logged(proxy, "app", lambda s: s == [f"127.0.0.1:{published} up"])
         swarm.wait_task_answers(published)
         body = http_get("127.0.0.1", port, "/cgi-bin/ip", source="127.0.0.32")
-        assert b"xff=127.0.0.32" in body
+        assert b"xff=127.0.0.32" in body, proxy.log()[-3000:]
     finally:
         proxy_cm.__exit__(None, None, None)
         swarm.docker("service", "rm", "xff", check=False)

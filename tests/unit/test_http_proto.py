@@ -15,7 +15,15 @@ from edgeproxy.config import Listener, Route, Timeouts
 from edgeproxy.config.values import Address
 from edgeproxy.proto.http1 import ChunkedReader, HttpError, error_response
 from edgeproxy.proto.http_request import FORWARDING_NAMES, RequestParser, spellings, without_lines
-from edgeproxy.proto.http_response import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ResponseParser, with_connection_close
+from edgeproxy.proto.http_response import (
+    CHUNKED,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    ResponseParser,
+    crlf_head,
+    with_connection_close,
+)
 from edgeproxy.proto.routing import RouteTable, normalize_host
 
 
@@ -304,3 +312,14 @@ def test_context_consults_extra_routes() -> None:
         assert ctx.pool_for_request(b"old.test", b"/") is None  # its backend is not (yet) in pools
     finally:
         loop.close()
+
+
+def test_bare_lf_response_head_is_made_crlf_and_crlf_heads_are_untouched() -> None:
+    # busybox httpd's CGI output: a CRLF status line, then bare-LF header lines.
+    cgi = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\n\nbody with \r\n\r\n inside"
+    buf = crlf_head(cgi, cgi.find(b"\r\n\r\n"))
+    assert buf == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nbody with \r\n\r\n inside"
+    crlf = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert crlf_head(crlf, crlf.find(b"\r\n\r\n")) is None
+    partial = b"HTTP/1.1 200 OK\r\nContent-Len"
+    assert crlf_head(partial, -1) is None

@@ -1,0 +1,73 @@
+"""The seven scenarios of issue 6, and the bar each ratio is held to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Target:
+    """The key figure of a scenario, with the issue's first bar and goal."""
+
+    metric: str  # "cpu_ratio" | "throughput_ratio" | "rss_mib" | "scaling" | "errors"
+    first_bar: float
+    goal: float
+    lower_is_better: bool = True
+
+    def verdict(self, value: float | None) -> str:
+        if value is None:
+            return "n/a"
+
+        def ok(bar: float) -> bool:
+            return value <= bar if self.lower_is_better else value >= bar
+
+        if ok(self.goal):
+            return "meets goal"
+        return "meets first bar" if ok(self.first_bar) else "misses first bar"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    name: str
+    title: str
+    mode: str  # proxy mode: http | tcp
+    target: Target
+    kind: str = "wrk"  # wrk | idle
+    path: str = "/small"
+    backend: str = "http"  # http | proxy_protocol (which nginx server)
+    send_proxy: bool = False
+    connections: int = 50
+    headers: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    reload_every: float | None = None
+    idle_count: int = 10_000
+
+
+SCENARIOS = [
+    Scenario("1", "http-keepalive", "HTTP keep-alive, small response, X-Forwarded-For", "http",
+             Target("cpu_ratio", 1.5, 1.0)),
+    Scenario("2", "http-close", "HTTP, new connection per request", "http", Target("cpu_ratio", 2.0, 1.2),
+             headers={"Connection": "close"}),
+    Scenario("3", "tcp-proxy-v2", "TCP + PROXY v2, keep-alive small requests", "tcp", Target("cpu_ratio", 1.2, 1.0),
+             backend="proxy_protocol", send_proxy=True),
+    Scenario("4", "tcp-bulk", "TCP bulk, 10 MiB responses", "tcp",
+             Target("throughput_ratio", 0.9, 1.2, lower_is_better=False), path="/10m", connections=4),
+    Scenario("5", "idle-10k", "10,000 idle keep-alive connections", "http", Target("rss_mib", 150, 60), kind="idle"),
+    Scenario("6", "http-2-workers", "scenario 1 with 2 workers / nbthread 2", "http",
+             Target("scaling", 1.8, 1.8, lower_is_better=False), workers=2),
+    Scenario("7", "http-reload", "scenario 1 with a reload every second", "http", Target("errors", 0, 0),
+             reload_every=1.0),
+]  # fmt: skip
+
+
+def select(wanted: list[str] | None) -> list[Scenario]:
+    """Scenarios by number or name (``1 3``, ``1,3``, ``tcp-bulk``), in their own order."""
+    if not wanted:
+        return list(SCENARIOS)
+    keys = {w.strip() for item in wanted for w in item.split(",") if w.strip()}
+    unknown = keys - {s.key for s in SCENARIOS} - {s.name for s in SCENARIOS}
+    if unknown:
+        names = ", ".join(f"{s.key}={s.name}" for s in SCENARIOS)
+        raise ValueError(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {names}")
+    return [s for s in SCENARIOS if s.key in keys or s.name in keys]

@@ -1,0 +1,90 @@
+"""The benchmark harness's own measuring parts: CPU of a process tree, config generation, verdicts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks import procs
+from benchmarks.proxies import Setup, edgeproxy_config, haproxy_config
+from benchmarks.scenarios import Target, select
+from edgeproxy.config import load_config
+
+BURN = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\n"
+
+
+def test_cpu_seconds_counts_children_that_already_exited() -> None:
+    # A parent that starts a CPU-burning child, reaps it, then sleeps: the child's 0.3 s are in the
+    # parent's cutime, so the tree's CPU must include them although the child is gone.
+    code = (
+        f"import subprocess,sys,time\nsubprocess.run([sys.executable,'-c',{BURN!r}])\n"
+        "print('reaped',flush=True)\ntime.sleep(30)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "reaped"
+        assert procs.tree(p.pid) == [p.pid]
+        assert procs.cpu_seconds(p.pid) >= 0.28
+        assert procs.rss_kib(p.pid) > 1000
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_cpu_seconds_sums_live_children() -> None:
+    code = (
+        f"import subprocess,sys,time\nc=subprocess.Popen([sys.executable,'-c',{BURN!r}+'time.sleep(30)'])\n"
+        "time.sleep(30)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        assert procs.wait_until(lambda: procs.cpu_seconds(p.pid) >= 0.28, timeout=20)
+        assert len(procs.tree(p.pid)) == 2
+    finally:
+        for pid in reversed(procs.tree(p.pid)):  # the child, then the parent: both ours
+            os.kill(pid, signal.SIGKILL)
+        p.wait()
+
+
+def test_edgeproxy_config_is_valid_for_every_mode(tmp_path: Path) -> None:
+    d = tmp_path
+    for setup in (Setup("http", 8080), Setup("tcp", 8080, send_proxy=True, workers=2)):
+        path = d / f"{setup.mode}.yaml"
+        path.write_text(yaml.safe_dump(edgeproxy_config(setup, 9000)))
+        cfg = load_config(str(path))
+        assert cfg.workers == setup.workers
+        assert cfg.log.access == "off"
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_haproxy_config_passes_haproxy_check(tmp_path: Path) -> None:
+    for setup in (Setup("http", 8080, workers=2), Setup("tcp", 8080, send_proxy=True)):
+        path = tmp_path / "h.cfg"
+        text = haproxy_config(setup, 9000)
+        path.write_text(text)
+        assert f"nbthread {setup.workers}" in text
+        p = subprocess.run(["haproxy", "-c", "-q", "-f", str(path)], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stdout + p.stderr
+    assert "send-proxy-v2" in text
+
+
+def test_verdicts_and_selection() -> None:
+    cpu = Target("cpu_ratio", 1.5, 1.0)
+    assert [cpu.verdict(v) for v in (0.9, 1.2, 1.6, None)] == [
+        "meets goal",
+        "meets first bar",
+        "misses first bar",
+        "n/a",
+    ]
+    bulk = Target("throughput_ratio", 0.9, 1.2, lower_is_better=False)
+    assert [bulk.verdict(v) for v in (1.3, 1.0, 0.5)] == ["meets goal", "meets first bar", "misses first bar"]
+    assert [s.key for s in select(["4,1", "tcp-proxy-v2"])] == ["1", "3", "4"]
+    with pytest.raises(ValueError, match="unknown scenario"):
+        select(["9"])
