@@ -31,11 +31,7 @@ import pytest
 from tests.helpers import free_port
 
 IMAGE = "local/bb:2"
-# The CGI ends its header lines with CRLF: busybox httpd relays them as written, and edgeproxy's
-# http mode takes a response head only up to CRLF CRLF (a bare-LF head from a backend gets 502).
-CGI = (
-    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"remote=$REMOTE_ADDR xff=$HTTP_X_FORWARDED_FOR\"\n"
-)
+CGI = '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "remote=$REMOTE_ADDR xff=$HTTP_X_FORWARDED_FOR"\n'
 
 
 def _missing() -> str | None:
