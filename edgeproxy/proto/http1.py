@@ -21,6 +21,19 @@ MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 16 * 1024
 
 
+class MessageCounter:
+    """llhttp's on_message_complete, counted: request and response parsers use it to check that
+    llhttp's framing agrees with ours."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+
+
 class HttpError(Exception):
     """A message we refuse. ``status`` is what the client gets (400, 431, 502...), ``end`` the
     short reason that the access log shows, ``detail`` the human explanation."""

@@ -19,7 +19,7 @@ import re
 
 import httptools
 
-from edgeproxy.proto.http1 import HttpError
+from edgeproxy.proto.http1 import HttpError, MessageCounter
 
 # Field codes. The forwarding headers come in any letter case and, for the spoofing trick that
 # works on CGI/WSGI-style servers (which turn "-" into "_"), with underscores too.
@@ -76,18 +76,6 @@ FORWARDING_NAMES = frozenset(spelling for name in _FORWARDING_BASE for spelling 
 _NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
 
 
-class _Complete:
-    """llhttp's on_message_complete, counted: checks that its framing agrees with ours."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def on_message_complete(self) -> None:
-        self.count += 1
-
-
 class RequestParser:
     """One client connection's request parser; ``parse`` fills the attributes for one head.
 
@@ -113,7 +101,7 @@ class RequestParser:
     )
 
     def __init__(self) -> None:
-        self._complete = _Complete()
+        self._complete = MessageCounter()
         self._llhttp = httptools.HttpRequestParser(self._complete)
         self.method = b""
         self.target = b""

@@ -12,7 +12,7 @@ import re
 
 import httptools
 
-from edgeproxy.proto.http1 import HttpError
+from edgeproxy.proto.http1 import HttpError, MessageCounter
 
 # How the body of a response is delimited (RFC 9112 6.3).
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
@@ -53,23 +53,13 @@ def crlf_head(buf: bytes, end: int) -> bytes | None:
     return _LINE_END.sub(b"\r\n", buf[: m.end()]) + buf[m.end() :]
 
 
-class _Complete:
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def on_message_complete(self) -> None:
-        self.count += 1
-
-
 class ResponseParser:
     """One upstream connection's response parser; ``parse`` fills the attributes for one head."""
 
     __slots__ = ("_complete", "_llhttp", "close", "content_length", "framing", "has_connection", "status")
 
     def __init__(self) -> None:
-        self._complete = _Complete()
+        self._complete = MessageCounter()
         self._llhttp = httptools.HttpResponseParser(self._complete)
         self.status = 0
         self.framing = NO_BODY
