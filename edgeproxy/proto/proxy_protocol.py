@@ -24,7 +24,14 @@ Parser choices (the spec leaves them to the receiver):
 - The v2 length field is capped at ``V2_MAX_LENGTH`` = 216 + 1024: the largest address block
   (AF_UNIX) plus 1 KiB of TLVs, far more than any known sender (HAProxy SSL/unique-id TLVs, AWS,
   Azure, GCP) emits, yet bounded so that a trusted peer cannot make us buffer up to 64 KiB.
-- TLVs (spec 2.2.1+) are skipped, not parsed; a CRC32C TLV is therefore not verified.
+- TLVs (spec 2.2.1+) of an INET/INET6 PROXY header are checked as HAProxy checks them
+  (``conn_recv_proxy``): each TLV's 3-byte header and value lie inside the length, so the TLV
+  block ends exactly at the header's end; ``PP2_TYPE_CRC32C`` is 4 bytes and matches the CRC32C
+  of the whole header (computed with its own value zeroed); ``PP2_TYPE_AUTHORITY`` is at most
+  255 bytes and ``PP2_TYPE_UNIQUE_ID`` at most 128. Anything else is refused: a peer that
+  sends a malformed header is not believed about the client either. Other TLV values are
+  skipped. LOCAL, UNSPEC and AF_UNIX headers carry no address we use, so their TLVs are not read
+  (HAProxy does the same).
 - Addresses come back as canonical text (``inet_ntop``). An IPv4-mapped IPv6 address in a TCP6 /
   INET6 header stays IPv6 (``"::ffff:1.2.3.4"``): the header said AF_INET6.
 """
@@ -49,6 +56,7 @@ __all__ = [
     "ProxyHeaderError",
     "build_v1",
     "build_v2",
+    "crc32c",
     "parse_proxy_header",
 ]
 
@@ -261,6 +269,8 @@ def parse_proxy_header(
             if (fam == 0x11 or fam == 0x12) and length >= 12:
                 if end > n:
                     return NEED_DATA
+                if length != 12:
+                    _check_tlvs(buf, 28, end)
                 s4, d4, sport, dport = _V2_ADDR4.unpack_from(buf, 16)
                 src = (_text4.get(s4) or _text4_miss(s4), sport)
                 dst = (_text4.get(d4) or _text4_miss(d4), dport)
@@ -268,6 +278,8 @@ def parse_proxy_header(
             if (fam == 0x21 or fam == 0x22) and length >= 36:
                 if end > n:
                     return NEED_DATA
+                if length != 36:
+                    _check_tlvs(buf, 52, end)
                 s6, d6, sport, dport = _V2_ADDR6.unpack_from(buf, 16)
                 src = (_text6.get(s6) or _text6_miss(s6), sport)
                 dst = (_text6.get(d6) or _text6_miss(d6), dport)
@@ -392,6 +404,60 @@ def _parse_v2_other(n: int, ver_cmd: int, fam: int, length: int) -> tuple[ProxyH
     if end > n:
         return NEED_DATA
     return _V2_LOCAL_HEADER, end
+
+
+_PP2_TYPE_AUTHORITY: Final = 0x02
+_PP2_TYPE_CRC32C: Final = 0x03
+_PP2_TYPE_UNIQUE_ID: Final = 0x05
+_AUTHORITY_MAX: Final = 255  # HAProxy's HA_PP2_AUTHORITY_MAX
+_UNIQUE_ID_MAX: Final = 128  # spec 2.2.5
+
+
+def _check_tlvs(buf: bytes | bytearray, pos: int, end: int) -> None:
+    """The TLVs from ``pos`` (after the address block) to ``end`` (the header's end)."""
+    while pos < end:
+        if pos + 3 > end:
+            raise ProxyHeaderError(f"PROXY v2 TLV header truncated: {end - pos} byte(s) left of 3")
+        kind = buf[pos]
+        size = buf[pos + 1] << 8 | buf[pos + 2]
+        value = pos + 3
+        pos = value + size
+        if pos > end:
+            raise ProxyHeaderError(f"PROXY v2 TLV 0x{kind:02x} claims {size} bytes, {end - value} left")
+        if kind == _PP2_TYPE_CRC32C:
+            if size != 4:
+                raise ProxyHeaderError(f"PROXY v2 CRC32C TLV is {size} bytes, not 4")
+            header = bytes(buf[:end])
+            zeroed = header[:value] + b"\0\0\0\0" + header[pos:]
+            if crc32c(zeroed) != int.from_bytes(header[value:pos], "big"):
+                raise ProxyHeaderError("PROXY v2 CRC32C does not match the header")
+        elif kind == _PP2_TYPE_AUTHORITY and size > _AUTHORITY_MAX:
+            raise ProxyHeaderError(f"PROXY v2 AUTHORITY TLV is {size} bytes, over {_AUTHORITY_MAX}")
+        elif kind == _PP2_TYPE_UNIQUE_ID and size > _UNIQUE_ID_MAX:
+            raise ProxyHeaderError(f"PROXY v2 UNIQUE_ID TLV is {size} bytes, over {_UNIQUE_ID_MAX}")
+
+
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1  # Castagnoli polynomial, reflected
+        table.append(c)
+    return tuple(table)
+
+
+_CRC32C_TABLE: Final = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli, RFC 3720 B.4) as PP2_TYPE_CRC32C uses it. Pure Python: only headers
+    that carry the TLV pay for it, at most ~1.2 KiB each."""
+    crc = 0xFFFFFFFF
+    table = _CRC32C_TABLE
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
 
 
 def _check_v2_ver_cmd(ver_cmd: int) -> None:

@@ -34,6 +34,7 @@ from edgeproxy.proto.proxy_protocol import (
     ProxyHeaderError,
     build_v1,
     build_v2,
+    crc32c,
     parse_proxy_header,
 )
 
@@ -532,9 +533,9 @@ def test_v2_max_length_accepted() -> None:
         # AF_UNIX: no client IP to report -> local, 216-byte block skipped.
         (v2(0x21, 0x31, b"/a".ljust(108, b"\x00") + b"/b".ljust(108, b"\x00")), (LOCAL_2, 232)),
         (v2(0x21, 0x32, b"\x00" * 220), (LOCAL_2, 236)),
-        # Addresses followed by TLV bytes: skipped, but consumed.
+        # Addresses followed by TLVs: checked, skipped, consumed (33 empty TLVs of type 0 below).
         (v2(0x21, 0x12, ADDR4 + b"\x01\x00\x02h2"), (HDR_V4_2, 33)),
-        (v2(0x21, 0x21, ADDR6 + b"\x00" * 100), (HDR_V6_2, 152)),
+        (v2(0x21, 0x21, ADDR6 + b"\x00" * 99), (HDR_V6_2, 151)),
     ],
 )
 def test_v2_variants(data: bytes, expected: tuple[ProxyHeader, int]) -> None:
@@ -667,3 +668,48 @@ def test_property_verdict_does_not_depend_on_split_point(data: bytes) -> None:
             verdict = outcome
         else:
             assert outcome == verdict, f"prefix {i} changed the verdict"
+
+
+# --- TLVs (issue 10 defect 5): checked as HAProxy's conn_recv_proxy checks them -----------------------
+
+
+def _v2_with_tlvs(tlvs: bytes, inet6: bool = False) -> bytes:
+    base = V2_INET6_STREAM if inet6 else V2_INET_STREAM
+    addr_len = len(base) - 16
+    return base[:14] + (addr_len + len(tlvs)).to_bytes(2, "big") + base[16:] + tlvs
+
+
+@pytest.mark.parametrize("inet6", [False, True])
+@pytest.mark.parametrize(
+    "tlvs",
+    [
+        pytest.param(b"\x04", id="1-byte-truncated-tlv"),
+        pytest.param(b"\x04\x00", id="2-byte-truncated-tlv"),
+        pytest.param(b"\x04\x00\x05abc", id="tlv-claims-more-than-the-header"),
+        pytest.param(b"\x04\x00\x01a\x04\x00\x09a", id="second-tlv-overruns"),
+        pytest.param(b"\x03\x00\x02ab", id="crc32c-not-4-bytes"),
+        pytest.param(b"\x03\x00\x04\x00\x00\x00\x00", id="crc32c-wrong"),
+        pytest.param(b"\x02\x01\x00" + b"a" * 256, id="authority-over-255"),
+        pytest.param(b"\x05\x00\x81" + b"u" * 129, id="unique-id-over-128"),
+    ],
+)
+def test_malformed_tlvs_are_refused(tlvs: bytes, inet6: bool) -> None:
+    """A trusted peer's header whose TLV block does not parse is not believed (HAProxy drops the
+    connection): before, the parser stopped after the address block and took the source."""
+    with pytest.raises(ProxyHeaderError, match="TLV|CRC32C"):
+        parse_proxy_header(_v2_with_tlvs(tlvs, inet6) + PAYLOAD)
+
+
+def test_well_formed_tlvs_and_a_correct_crc32c_are_accepted() -> None:
+    tlvs = b"\x01\x00\x02h2" + b"\x02\x00\x0bexample.com" + b"\x05\x00\x80" + b"u" * 128 + b"\x04\x00\x00"
+    header = _v2_with_tlvs(tlvs)
+    assert parsed(header + PAYLOAD) == (HDR_V4_2, len(header))
+    # The CRC32C covers the whole header with its own value zeroed (spec 2.2.3).
+    zeroed = _v2_with_tlvs(tlvs + b"\x03\x00\x04\x00\x00\x00\x00")
+    with_crc = zeroed[:-4] + crc32c(zeroed).to_bytes(4, "big")
+    assert parsed(with_crc + PAYLOAD) == (HDR_V4_2, len(with_crc))
+
+
+def test_crc32c_known_answer() -> None:
+    assert crc32c(b"123456789") == 0xE3069283  # RFC 3720 B.4's check value
+    assert crc32c(b"") == 0
