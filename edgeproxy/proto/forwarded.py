@@ -100,8 +100,8 @@ class ClientForwarding:
         added = self.fixed
         if self.policy.set_host and req.host is not None:
             added += b"X-Forwarded-Host: " + req.host + b"\r\n"
-        if drop and req.connection_value:
-            added += b"Connection: " + req.connection_value + b"\r\n"
+        if drop:
+            added += req.restated
         if not forwarding and not drop:
             return head[:-2] + added + b"\r\n"
         names = set(drop)
@@ -143,8 +143,8 @@ class ClientForwarding:
         if policy.set_forwarded:
             ours = forwarded_element(client).encode("ascii")
             added.append(b"Forwarded: " + b", ".join([*fwd, ours]) + b"\r\n")
-        if req.drop and req.connection_value:
-            added.append(b"Connection: " + req.connection_value + b"\r\n")
+        if req.drop:
+            added.append(req.restated)
         base = without_lines(head, names) if names else head[:-2]
         return base + b"".join(added) + b"\r\n"
 

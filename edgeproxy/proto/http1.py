@@ -61,6 +61,59 @@ def error_response(status: int) -> bytes:
 
 _ERRORS: dict[int, bytes] = {}
 
+
+def blank_line(buf: bytes | bytearray, start: int, end: int) -> int:
+    """Where the first head-ending blank line that uses a bare LF starts in ``buf[start:end]``
+    (``\n\n`` or ``\n\r\n`` that is not part of CRLF CRLF), or -1.
+
+    The caller found CRLF CRLF at ``end`` (or not at all: ``end`` is then ``len(buf)``), so
+    the search is bounded by it: two finds in C, over bytes not searched before.
+    """
+    a = buf.find(b"\n\n", start, end + 2)
+    b = buf.find(b"\n\r\n", start, end + 2)
+    if a < 0:
+        return b
+    return a if b < 0 or a < b else b
+
+
+class HeadBuffer:
+    """The bytes of a head that did not come in one read, searched in O(n) overall.
+
+    Each ``add`` appends to one ``bytearray`` and looks for the end of the head only in the new
+    bytes (and the 3 before them, where a CRLF CRLF may straddle two reads), as h11's
+    ``ReceiveBuffer`` does: a 16 KiB head sent one byte per read costs 16 Ki small appends and
+    finds, not 16 Ki copies and searches of everything so far.
+    """
+
+    __slots__ = ("data", "scanned")
+
+    def __init__(self, searched: bytes = b"") -> None:
+        """``searched``: the first bytes, already searched by the caller (the end is not in them)."""
+        self.data = bytearray(searched)
+        self.scanned = len(searched)  # bytes already searched for the end of the head
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def add(self, chunk: bytes) -> tuple[int, int]:
+        """Append ``chunk``; return ``(end, bare)``: ``end`` is the index just after the head's
+        CRLF CRLF (-1: not there yet), ``bare`` where a blank line with a bare LF starts (-1:
+        none before ``end``)."""
+        data = self.data
+        start = self.scanned - 3 if self.scanned > 3 else 0
+        data += chunk
+        crlf = data.find(b"\r\n\r\n", start)
+        self.scanned = len(data)
+        bare = blank_line(data, start, crlf if crlf >= 0 else len(data))
+        return (crlf + 4 if crlf >= 0 else -1), bare
+
+    def take(self) -> bytes:
+        """Everything held, as bytes; the buffer is empty afterwards."""
+        out = bytes(self.data)
+        self.data = bytearray()
+        self.scanned = 0
+        return out
+
 _HEX = b"0123456789abcdefABCDEF"
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -125,6 +178,8 @@ class ChunkedReader:
             if line[-2:-1] != b"\r" or b"\r" in line[:-2]:
                 raise HttpError(400, "bad_chunk", "chunked body: line not ended by CRLF")
             if state == _SIZE:
+                if len(line) > MAX_CHUNK_LINE:  # the same limit as for a line split across reads
+                    raise HttpError(400, "bad_chunk", "chunked body: line too long")
                 self._size_line(line)
             elif state == _DATA_END:
                 if line != b"\r\n":

@@ -11,10 +11,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeproxy.config import Listener, Route, Timeouts
+from edgeproxy.config import Forwarded, Listener, Route, Timeouts
 from edgeproxy.config.values import Address
-from edgeproxy.proto.http1 import ChunkedReader, HttpError, error_response
-from edgeproxy.proto.http_request import FORWARDING_NAMES, RequestParser, spellings, without_lines
+from edgeproxy.proto.forwarded import ForwardingPolicy
+from edgeproxy.proto.http1 import ChunkedReader, HeadBuffer, HttpError, blank_line, error_response
+from edgeproxy.proto.http_request import (
+    FORWARDED,
+    FORWARDING_NAMES,
+    X_REAL_IP,
+    XF_HOST,
+    XF_PORT,
+    XF_PROTO,
+    XFF,
+    RequestParser,
+    spellings,
+    without_lines,
+)
 from edgeproxy.proto.http_response import (
     CHUNKED,
     LENGTH,
@@ -48,7 +60,7 @@ def test_body_framing_and_keep_alive() -> None:
     assert p.content_length == 3
     assert p.feed_body(b"ab") is False
     assert p.feed_body(b"c") is True
-    p.parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    p.parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert p.chunked
     assert p.feed_body(b"0\r\n\r\n") is True
     p.parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")  # one parser per connection
@@ -89,12 +101,12 @@ def test_forwarding_fields_in_every_spelling() -> None:
         b"forwarded: for=x\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: h\r\nX-Forwarded-Fory: no\r\n\r\n"
     )
     assert [(c, n) for c, n, _ in p.forwarding] == [
-        (6, b"x-forwarded-for"),
-        (7, b"x_real_ip"),
-        (10, b"x-forwarded_port"),
-        (11, b"forwarded"),
-        (8, b"x-forwarded-proto"),
-        (9, b"x-forwarded-host"),
+        (XFF, b"x-forwarded-for"),
+        (X_REAL_IP, b"x_real_ip"),
+        (XF_PORT, b"x-forwarded_port"),
+        (FORWARDED, b"forwarded"),
+        (XF_PROTO, b"x-forwarded-proto"),
+        (XF_HOST, b"x-forwarded-host"),
     ]
     assert p.forwarding[0][2] == b"1.1.1.1"  # trailing whitespace is not part of the value
 
@@ -323,3 +335,138 @@ def test_bare_lf_response_head_is_made_crlf_and_crlf_heads_are_untouched() -> No
     assert crlf_head(crlf, crlf.find(b"\r\n\r\n")) is None
     partial = b"HTTP/1.1 200 OK\r\nContent-Len"
     assert crlf_head(partial, -1) is None
+
+
+# -- issue 10: canonical framing, upgrades, chunk lines, bare-LF head ends ----------------------------
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"Transfer-Encoding: ,chunked",
+        b"Transfer-Encoding: gzip, chunked",
+        b"Transfer-Encoding: chunked, chunked",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        b"Content-Length: 010",
+        b"Content-Length: 00",
+        b"Content-Length: 0x5",
+    ],
+)
+def test_framing_we_would_not_send_ourselves_is_refused(field: bytes) -> None:
+    """Issue 10 defect 6: what goes upstream is exactly ``Transfer-Encoding: chunked`` or one
+    ``Content-Length: <decimal>``; a backend that reads ``,chunked`` or ``010`` (strtoll base 0:
+    octal 8) differently from us would split the stream elsewhere."""
+    with pytest.raises(HttpError) as e:
+        parse(b"POST / HTTP/1.1\r\nHost: a\r\n" + field + b"\r\n\r\n")
+    assert e.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("field", "sent"),
+    [
+        (b"Content-Length: 0", b"Content-Length: 0\r\n"),
+        (b"content-length:10", b"content-length:10\r\n"),
+        (b"Content-Length: 10 \t", b"Content-Length: 10\r\n"),
+        (b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked\r\n"),
+        (b"TRANSFER-ENCODING: CHUNKED", b"Transfer-Encoding: chunked\r\n"),
+        (b"Transfer-Encoding: Chunked ", b"Transfer-Encoding: chunked\r\n"),
+    ],
+)
+def test_framing_with_a_clear_meaning_goes_upstream_canonical(field: bytes, sent: bytes) -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\n" + field + b"\r\n\r\n"
+    out = rewritten(head, RequestParser())
+    assert out.count(sent) == 1
+    assert out.lower().count(b"content-length") + out.lower().count(b"transfer-encoding") == 1
+
+
+H2C = (
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+)
+
+
+def rewritten(head: bytes, parser: RequestParser) -> bytes:
+    fwd = ForwardingPolicy(Forwarded()).for_client(("192.0.2.7", 40000), ("192.0.2.1", 80))
+    parser.parse(head)
+    return fwd.rewrite(head, parser)
+
+
+def test_h2c_upgrade_is_removed_and_the_request_goes_on_as_http11() -> None:
+    """Issue 10 defect 4: an h2c upgrade would tunnel HTTP/2 requests past our forwarding
+    headers; Upgrade, its connection option and HTTP2-Settings are removed."""
+    p = RequestParser()
+    out = rewritten(H2C, p)
+    assert not p.upgrade
+    assert out == (
+        b"GET / HTTP/1.1\r\nHost: a\r\n"
+        b"X-Forwarded-For: 192.0.2.7\r\nX-Real-IP: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("offer", "allowed", "switch"),
+    [
+        (b"websocket", {b"websocket"}, True),
+        (b"WebSocket", {b"websocket"}, True),
+        (b"websocket/13", {b"websocket"}, True),
+        (b"websocket", set(), False),
+        (b"h2c", {b"websocket"}, False),
+        (b"websocket, h2c", {b"websocket"}, False),
+        (b"TLS/1.2", {b"websocket"}, False),
+        (b"tls/1.2", {b"websocket", b"tls"}, True),
+    ],
+)
+def test_only_allowed_upgrades_switch(offer: bytes, allowed: set[bytes], switch: bool) -> None:
+    p = RequestParser(frozenset(allowed))
+    head = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: " + offer + b"\r\n\r\n"
+    out = rewritten(head, p)
+    assert p.upgrade is switch
+    assert (b"\r\nUpgrade: " in out) is switch
+    assert (b"Connection: keep-alive, Upgrade\r\n" if switch else b"Connection: keep-alive\r\n") in out
+
+
+def test_upgrade_token_without_upgrade_field_or_over_http10_never_switches() -> None:
+    p = RequestParser()
+    assert b"Connection" not in rewritten(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\r\n", p)
+    assert not p.upgrade
+    head = b"GET / HTTP/1.0\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert b"Upgrade" not in rewritten(head, p) and not p.upgrade
+
+
+def test_chunk_size_line_limit_holds_in_one_read() -> None:
+    """Issue 10 defect 7: a 60 KiB chunk extension in one read was forwarded whole, while split
+    over several reads it was refused."""
+    body = b"5;" + b"e" * 60 * 1024 + b"\r\nhello\r\n0\r\n\r\n"
+    with pytest.raises(HttpError) as e:
+        ChunkedReader().feed(body)
+    assert e.value.end == "bad_chunk"
+    ok = b"5;" + b"e" * 4000 + b"\r\nhello\r\n0\r\n\r\n"
+    assert ChunkedReader().feed(ok) == (ok, b"")
+
+
+@given(st.binary(max_size=64), st.lists(st.integers(min_value=1, max_value=40), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_head_buffer_finds_the_same_end_however_the_bytes_arrive(junk: bytes, sizes: list[int]) -> None:
+    """Issue 10 defect 10: heads that come in pieces are searched from where the last search
+    stopped; the answer is the one a single search of everything gives."""
+    stream = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + junk.replace(b"\n", b"") + b"\r\n\r\nNEXT"
+    whole_end = stream.find(b"\r\n\r\n") + 4
+    buf = HeadBuffer()
+    pos = 0
+    for size in [*sizes, len(stream)]:
+        end, bare = buf.add(stream[pos : pos + size])
+        pos += size
+        assert bare < 0
+        if end >= 0:
+            assert end == whole_end
+            assert buf.take()[:end] == stream[:end]
+            return
+    raise AssertionError("end of head not found")
+
+
+@pytest.mark.parametrize("head", [b"GET / HTTP/1.1\nHost: x\n\n", b"GET / HTTP/1.1\r\nHost: x\n\r\n"])
+def test_head_buffer_reports_a_blank_line_with_a_bare_lf(head: bytes) -> None:
+    for cut in range(1, len(head)):
+        buf = HeadBuffer()
+        results = [buf.add(head[:cut]), buf.add(head[cut:])]
+        assert any(bare >= 0 for _, bare in results)
+    assert blank_line(head, 0, len(head)) >= 0
+    assert blank_line(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0, 24) < 0
