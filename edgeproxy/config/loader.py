@@ -20,7 +20,9 @@ from typing import Any, TypeVar, cast
 import yaml
 
 from edgeproxy.config.model import (
+    DEFAULT_UPGRADES,
     FORWARDED_HEADERS,
+    NEVER_UPGRADES,
     AcceptProxy,
     AdminConfig,
     Backend,
@@ -224,6 +226,7 @@ _LISTENER_KEYS = (
     "forwarded",
     "max_connections",
     "max_datagram_size",
+    "upgrades",
 )
 _BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm")
 _HEALTH_KEYS = ("type", "interval", "timeout", "rise", "fall", "path", "expect", "port")
@@ -330,6 +333,11 @@ class _Builder:
                 forwarded = Forwarded(trusted=trusted, headers=headers)
             except _Invalid:
                 pass
+        upgrades: tuple[str, ...] = DEFAULT_UPGRADES
+        if "upgrades" in f:
+            if mode != "http":
+                self.r.error(f["upgrades"], f"{path}.upgrades", f"upgrades need mode: http (this listener is {mode})")
+            upgrades = tuple(self.r.each(f["upgrades"], f"{path}.upgrades", self.upgrade_protocol))
         return Listener(
             name=name,
             bind=bind,
@@ -342,7 +350,19 @@ class _Builder:
             max_datagram_size=self.r.optional(
                 f, "max_datagram_size", path, lambda n, p: self.r.integer(n, p, 1, 65535), 65535
             ),
+            upgrades=upgrades,
         )
+
+    # RFC 9110 5.6.2 token characters: an Upgrade protocol name is one.
+    _TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+
+    def upgrade_protocol(self, node: yaml.Node, path: str) -> str:
+        name = self.r.text(node, path).lower()
+        if not name or not name.isascii() or name.strip(self._TOKEN_CHARS):
+            raise self.r.fail(node, path, f"'{name}' is not a protocol name (an HTTP token, e.g. websocket)")
+        if name in NEVER_UPGRADES:
+            raise self.r.fail(node, path, f"'{name}' is never relayed: its requests would bypass X-Forwarded-For")
+        return name
 
     def forwarded_headers(self, node: yaml.Node, path: str) -> tuple[str, ...]:
         def one(n: yaml.Node, p: str) -> str:

@@ -26,6 +26,10 @@ FORWARDED_HEADERS = (
     "forwarded",
 )
 DEFAULT_FORWARDED_HEADERS = ("x-forwarded-for", "x-real-ip", "x-forwarded-proto")
+# http: the protocols a request may switch to with Upgrade (lower case). h2c is never relayed:
+# its HTTP/2 requests would reach the server without our forwarding headers.
+DEFAULT_UPGRADES: tuple[str, ...] = ("websocket",)
+NEVER_UPGRADES = ("h2c", "h2")
 
 # UDP flows are cheaper to re-create and clients rarely close them, so they expire sooner
 # (SPEC.md: "client_idle, 30 s by default for udp").
@@ -89,6 +93,7 @@ class Listener:
     forwarded: Forwarded = field(default_factory=Forwarded)
     max_connections: int = 10000
     max_datagram_size: int = 65535  # udp: larger datagrams are dropped and counted
+    upgrades: tuple[str, ...] = DEFAULT_UPGRADES  # http: protocols a request may switch to (101)
 
 
 @dataclass(frozen=True, slots=True)
