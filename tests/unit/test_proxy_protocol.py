@@ -696,7 +696,7 @@ def _v2_with_tlvs(tlvs: bytes, inet6: bool = False) -> bytes:
 def test_malformed_tlvs_are_refused(tlvs: bytes, inet6: bool) -> None:
     """A trusted peer's header whose TLV block does not parse is not believed (HAProxy drops the
     connection): before, the parser stopped after the address block and took the source."""
-    with pytest.raises(ProxyHeaderError, match="TLV|CRC32C"):
+    with pytest.raises(ProxyHeaderError, match=r"TLV|CRC32C"):
         parse_proxy_header(_v2_with_tlvs(tlvs, inet6) + PAYLOAD)
 
 
