@@ -5,7 +5,6 @@ parsed as a header, so it cannot claim another client address (SPEC.md).
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from edgeproxy.log import log
@@ -25,15 +24,19 @@ class HeaderOwner(Protocol):
 
 
 class ClientAddressReader:
-    """Accumulates bytes until a complete header; the parser bounds the size (v1: 107 bytes)."""
+    """Accumulates bytes until a complete header; the parser bounds the size (v1: 107 bytes).
 
-    __slots__ = ("buf", "ctx", "owner", "timer")
+    It has no timer of its own: the owner's connection timer bounds this phase
+    (``timeouts.http_request``) and calls ``timed_out``, so nothing outlives a peer that connects
+    and closes (a load balancer's health check).
+    """
+
+    __slots__ = ("buf", "ctx", "owner")
 
     def __init__(self, ctx: ListenerContext, owner: HeaderOwner) -> None:
         self.ctx = ctx
         self.owner = owner
         self.buf = b""
-        self.timer: asyncio.TimerHandle | None = ctx.loop.call_later(ctx.timeouts.http_request, self._timeout)
 
     def feed(self, data: bytes) -> None:
         self.buf += data
@@ -45,7 +48,6 @@ class ClientAddressReader:
         if result is NEED_DATA:
             return
         header, used = result
-        self._cancel()
         rest = self.buf[used:]
         self.buf = b""
         owner = self.owner
@@ -55,12 +57,11 @@ class ClientAddressReader:
         else:
             owner.proxy_header_done(header.src, header.dst, rest)
 
-    def _timeout(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
+        """The owner's deadline for the header passed."""
         self._fail("proxy_header_timeout", "no complete PROXY header within timeouts.http_request")
 
     def _fail(self, reason: str, detail: str) -> None:
-        self._cancel()
         log.warning(
             "dropping trusted peer: invalid or missing PROXY header",
             listener=self.ctx.listener.name,
@@ -68,8 +69,3 @@ class ClientAddressReader:
             error=detail,
         )
         self.owner.close(reason)
-
-    def _cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None

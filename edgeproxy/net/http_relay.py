@@ -1,22 +1,32 @@
 """HTTP mode: one ``HttpConnection`` per client connection, every request routed and balanced on
 its own, over keep-alive upstream connections (``http_upstream``, ``upstream_pool``).
 
-Per request: the head is found (``\\r\\n\\r\\n``, at most 16 KiB) and parsed once
-(``proto.http_request``), refused with a short error response if it could smuggle, routed
-(``ctx.pool_for_request``), rewritten (``proto.forwarded``: one concatenation in the common case)
-and written upstream together with whatever body bytes came with it. The body streams through as
-received, framed by Content-Length or ``ChunkedReader`` so the next pipelined request starts
-exactly where this one ends. Requests are answered in order: while one is in flight, bytes of the
-next are held and reading from the client stops, so a pipelining client is bounded by one read.
+Per request: the head is found (``\\r\\n\\r\\n``, at most 16 KiB; a blank line with a bare LF is
+a 400 at once) and parsed once (``proto.http_request``), refused with a short error response if
+it could smuggle, routed (``ctx.pool_for_request``), rewritten (``proto.forwarded``: one
+concatenation in the common case) and written upstream together with whatever body bytes came
+with it. The body streams through as received, framed by Content-Length or ``ChunkedReader`` so
+the next pipelined request starts exactly where this one ends. Requests are answered in order:
+while one is in flight, bytes of the next are held and reading from the client stops, so a
+pipelining client is bounded by one read.
 
 Backpressure is tied across the pair as in TCP mode: a full upstream write buffer pauses reading
 from the client, a full client write buffer pauses reading from the server.
 
-Timers: one per connection, re-armed only when a deadline moves earlier (rare). Its meaning
-follows the state: waiting for a request head (``http_request`` from the first byte, or from
-accept for the first request; 408 once bytes have arrived), idle between requests
-(``client_idle``), waiting for the response head (``server_idle``, 504), streaming (both idle
-limits).
+The connection is a state machine with one state variable (``state``):
+
+    PROXY ─header─▶ NEW ─byte─▶ HEAD ─head─▶ CONNECTING ─connected─▶ BODY ─body end─▶ WAIT
+                     IDLE ─byte─▶ HEAD ─head (idle connection)──────▶ BODY / WAIT
+    WAIT ─response head─▶ RESPONSE ─response end─▶ IDLE (keep-alive) or closed
+    WAIT ─101─▶ TUNNEL;  WAIT ─server closed, no byte, idempotent─▶ CONNECTING (sent again)
+    any ─error answer─▶ LINGER ─▶ CLOSED;  any ─close─▶ CLOSED
+
+Each state has one deadline (``_LIMITS`` and ``_FROM_ENTRY``: a limit counted from entering the
+state or from the last byte either way), used both to arm the connection's single timer and,
+when it fires, to decide whether the deadline really passed (``_deadline``) and what it means
+(``_expire``). Empty lines before a request are head bytes: they start the head's clock, so a
+client cannot hold a connection by sending CRLF forever. The one task a connection may run (a
+connect) is kept in ``task`` and cancelled on close.
 """
 
 from __future__ import annotations
@@ -30,33 +40,60 @@ from edgeproxy.net.accept_proxy import ClientAddressReader
 from edgeproxy.net.http_upstream import UpstreamConn
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.upstream import connect_upstream
-from edgeproxy.net.upstream_pool import IdlePool, shared_pool
+from edgeproxy.net.upstream_pool import IdlePool
 from edgeproxy.proto.forwarded import FORWARDING_NAMES, ClientForwarding
-from edgeproxy.proto.http1 import MAX_REQUEST_HEAD, ChunkedReader, HttpError, error_response
-from edgeproxy.proto.http_request import RequestParser
-from edgeproxy.proto.http_response import UNTIL_CLOSE, with_connection_close
+from edgeproxy.proto.http1 import MAX_REQUEST_HEAD, ChunkedReader, HeadBuffer, HttpError, blank_line, error_response
+from edgeproxy.proto.http_request import RequestParser, upgrade_protocols
+from edgeproxy.proto.http_response import UNTIL_CLOSE, ResponseParser, with_connection_close
 
 if TYPE_CHECKING:
+    import socket
+
     from edgeproxy.balance import Server
     from edgeproxy.net.context import ListenerContext
     from edgeproxy.runtime.pools import BackendPool
 
 LINGER_SECONDS = 2.0
+INF = float("inf")
 
 # client-side states
-HEAD, CONNECTING, BODY, WAIT, TUNNEL, CLOSED = range(6)
+PROXY, NEW, IDLE, HEAD, CONNECTING, BODY, WAIT, RESPONSE, TUNNEL, LINGER, CLOSED = range(11)
+STATE_NAMES = ("PROXY", "NEW", "IDLE", "HEAD", "CONNECTING", "BODY", "WAIT", "RESPONSE", "TUNNEL", "LINGER", "CLOSED")
+# The deadline of each state: True counts its limit from entering the state, False from the last
+# byte in either direction (or entering, if later). Limits: ``_limits`` (0: no deadline).
+_FROM_ENTRY = (True, True, True, True, False, False, False, False, False, True, False)
+
 # reasons to stop reading from the client (a bit mask: reading resumes when none is left)
 _HOLD = 1  # a request is in flight and bytes of the next one are held
 _UPSTREAM_FULL = 2  # the server is not reading the request body fast enough
+
+# RFC 9110 9.2.2: only these may be sent again automatically once they may have reached a server.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Forwarding headers in chunked trailers: refused from untrusted clients (some servers merge
 # trailers into the head).
 _FORBIDDEN_TRAILERS = FORWARDING_NAMES | {b"host", b"content-length", b"transfer-encoding"}
 
+_UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
+
+
+def _limits(ctx: ListenerContext) -> tuple[float, ...]:
+    """Seconds allowed in each state, from the listener's timeouts (0: no deadline)."""
+    t = ctx.timeouts
+    idle = ctx.idle_timeout
+    # PROXY NEW IDLE HEAD CONNECTING BODY WAIT RESPONSE TUNNEL LINGER CLOSED
+    # CONNECTING has none of its own: connect_upstream bounds every attempt by timeouts.connect.
+    return (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle, t.server_idle, idle, idle,
+            LINGER_SECONDS, 0.0)  # fmt: skip
+
 
 class HttpListener(TcpListener):
     """TCP accept side; on stop (SIGTERM, reload that removes the listener) idle keep-alive
-    connections close at once and busy ones after their current response."""
+    connections close at once and busy ones after their current response. ``idle``: the
+    process's pool of idle upstream connections, owned by whoever composes the listeners."""
+
+    def __init__(self, ctx: ListenerContext, sockets: list[socket.socket], idle: IdlePool[UpstreamConn]) -> None:
+        super().__init__(ctx, sockets, lambda: HttpConnection(ctx, idle))
 
     async def stop(self) -> None:
         await super().stop()
@@ -65,9 +102,11 @@ class HttpListener(TcpListener):
 
 
 class HttpConnection(asyncio.Protocol):
+    """The client side of one connection: a ``ResponseSink`` for the ``UpstreamConn`` serving
+    its request in flight."""
+
     __slots__ = (
         "body_left",
-        "buf",
         "bytes_in",
         "bytes_out",
         "chunks",
@@ -78,57 +117,67 @@ class HttpConnection(asyncio.Protocol):
         "connect_s",
         "ctx",
         "dest",
+        "entered",
         "fwd",
-        "head_start",
         "header_reader",
+        "held",
         "idle",
         "in_request",
         "keep_alive",
         "last_activity",
+        "limits",
         "linger",
         "log_prefix",
         "loop",
         "parser",
+        "partial",
         "paused",
         "pool",
         "private",
         "req_in",
         "req_out",
         "req_start",
-        "requests",
+        "resends",
         "response_s",
-        "retried",
         "sent_at",
         "server",
         "server_eof",
         "started",
         "state",
         "status",
+        "task",
         "timer",
         "timer_at",
         "transport",
+        "tried",
         "up_head",
         "upstream",
         "write_paused",
     )
 
-    def __init__(self, ctx: ListenerContext) -> None:
+    def __init__(self, ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
+        self.limits = _limits(ctx)
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.client: tuple[str, int] = ("", 0)
         self.dest: tuple[str, int] = ("", 0)
         self.header_reader: ClientAddressReader | None = None
         self.fwd: ClientForwarding | None = None
         self.log_prefix = ""  # the access log members that are the same for every request
-        self.parser = RequestParser()
-        self.state = HEAD
-        self.buf = b""
+        upgrades = ctx.listener.upgrades
+        allowed = _UPGRADES.get(upgrades)
+        if allowed is None:
+            allowed = _UPGRADES[upgrades] = upgrade_protocols(upgrades)
+        self.parser = RequestParser(allowed)
+        self.state = NEW
+        self.partial: HeadBuffer | None = None  # a request head that did not come in one read
+        self.held = b""  # bytes after the request in flight (reading is paused meanwhile)
         self.upstream: UpstreamConn | None = None
         self.pool: BackendPool | None = None
         self.server: Server | None = None
-        self.private: IdlePool | None = None  # send_proxy backends: this client's own idle conns
-        self.idle = shared_pool(self.loop)
+        self.idle = idle  # the process's shared idle upstream connections
+        self.private: IdlePool[UpstreamConn] | None = None  # send_proxy backends: this client's own
         self.chunks: ChunkedReader | None = None
         self.body_left = 0
         self.paused = 0
@@ -139,20 +188,80 @@ class HttpConnection(asyncio.Protocol):
         self.server_eof = False
         self.closed: str | None = None
         self.linger = False  # close after an error answer: see _linger
-        self.requests = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
+        self.timer_at = INF
+        self.task: asyncio.Task[None] | None = None
         # the request in flight
         self.in_request = False
         self.up_head = b""
-        self.retried = False
+        self.resends = 0
+        self.tried: list[Server] = []
         self.status = 0
         self.req_in = 0
         self.req_out = 0
         self.req_start = self.sent_at = self.connect_s = self.response_s = 0.0
-        self.started = self.last_activity = self.head_start = self.loop.time()
+        self.started = self.last_activity = self.entered = self.loop.time()
+
+    # -- the state machine's clock ---------------------------------------------------------------
+    def _enter(self, state: int, since: float) -> None:
+        """Go to ``state`` whose clock starts at ``since``; arm the timer for its deadline."""
+        self.state = state
+        self.entered = since
+        if self.limits[state]:
+            deadline = self._deadline(state)
+            if deadline < self.timer_at:
+                self._arm(deadline)
+
+    def _deadline(self, state: int) -> float:
+        since = self.entered
+        if not _FROM_ENTRY[state] and self.last_activity > since:
+            since = self.last_activity
+        return since + self.limits[state]
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = when
+        self.timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.timer_at = INF
+        state = self.state
+        if not self.limits[state]:
+            return  # no deadline here; the next state arms its own
+        deadline = self._deadline(state)
+        now = self.loop.time()
+        if now < deadline:
+            self._arm(deadline)  # activity moved it on since the timer was set
+            return
+        self._expire(state, now)
+
+    def _expire(self, state: int, now: float) -> None:
+        """The deadline of ``state`` passed."""
+        if state == PROXY:
+            cast(ClientAddressReader, self.header_reader).timed_out()
+        elif state == NEW:
+            self.close("request_timeout")  # connected and sent nothing: nothing to answer
+        elif state == IDLE:
+            self.close("client_idle")
+        elif state == HEAD:
+            self._refuse(HttpError(408, "request_timeout", "request head not complete in time"), self._partial_head())
+        elif state == WAIT:
+            self._error(504, "server_timeout", "no response within timeouts.server_idle")
+        elif state == BODY and not self.status:
+            # The body stalled: on the client's side (408) or the server stopped reading it (504).
+            if self.paused & _UPSTREAM_FULL:
+                self._error(504, "server_timeout", "the server stopped reading the request body")
+            else:
+                self._error(408, "request_timeout", "request body stalled")
+        elif state == LINGER:
+            self.state = CLOSED
+            self.transport.close()
+        else:  # BODY with a response under way, RESPONSE, TUNNEL: nothing moved for too long
+            self.close("idle_timeout")
 
     # -- client side -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,70 +272,97 @@ class HttpConnection(asyncio.Protocol):
         local = t.get_extra_info("sockname")
         self.client = (peer[0], peer[1])
         self.dest = (local[0], local[1])
-        self._arm(self.started + ctx.timeouts.http_request)
         if ctx.must_send_proxy_header(peer[0]):
             self.header_reader = ClientAddressReader(ctx, self)
+            self._enter(PROXY, self.started)
             return
         self._client_known()
+        self._enter(NEW, self.started)
 
     def _client_known(self) -> None:
         self.fwd = self.ctx.forwarding.for_client(self.client, self.dest)
         self.log_prefix = f'"listener":{_json(self.ctx.listener.name)},"client":"{_hostport(self.client)}",'
 
     def proxy_header_done(self, client: tuple[str, int], dest: tuple[str, int], rest: bytes) -> None:
-        """The accept_proxy reader parsed a trusted peer's header: that is the client now."""
+        """The accept_proxy reader parsed a trusted peer's header: that is the client now. The
+        first request's clock still runs from accept."""
         self.header_reader = None
         self.client, self.dest = client, dest
         self._client_known()
+        self._enter(NEW, self.started)
         if rest:
             self.data_received(rest)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.loop.time()
+        now = self.last_activity = self.loop.time()
         state = self.state
-        if state == HEAD:
-            if self.header_reader is not None:
-                self.header_reader.feed(data)
-                return
-            self.bytes_in += len(data)
-            self._head_bytes(self.buf + data if self.buf else data)
+        if state == PROXY:
+            cast(ClientAddressReader, self.header_reader).feed(data)
             return
         self.bytes_in += len(data)
-        if state == BODY:
+        if state <= HEAD:  # NEW, IDLE, HEAD
+            self._head_data(data, now)
+        elif state == BODY:
             self._body(data)
         elif state == TUNNEL:
-            up = self.upstream
-            if up is not None:
-                up.transport.write(data)
-                self.req_in += len(data)
-        elif state != CLOSED:  # CONNECTING or WAIT: hold the bytes until the upstream can take them
-            self.buf += data
+            self.req_in += len(data)
+            cast(UpstreamConn, self.upstream).send(data)
+        elif state < LINGER:  # CONNECTING, WAIT, RESPONSE: held until this request is done
+            self.held += data
             self._pause(_HOLD)
+        # LINGER, CLOSED: dropped
 
-    def _head_bytes(self, buf: bytes) -> None:
-        if buf[:1] in (b"\r", b"\n"):
-            buf = buf.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request are ignored
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_REQUEST_HEAD:
-                self._refuse(HttpError(431, "head_too_large", "request head larger than 16 KiB"), buf)
+    def _head_data(self, data: bytes, now: float) -> None:
+        """Bytes toward the next request head (states NEW, IDLE, HEAD)."""
+        partial = self.partial
+        if partial is None:
+            if self.state != HEAD:
+                # Any byte starts the head's clock, empty lines too; the first request's clock
+                # has run since accept.
+                self._enter(HEAD, self.started if self.state == NEW else now)
+            if data[0] == 13 or data[0] == 10:
+                data = data.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request are ignored
+                if not data:
+                    return
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:  # the common case: the whole head in one read
+                n = end + 4
+                if n > MAX_REQUEST_HEAD:
+                    self._refuse(HttpError(431, "head_too_large", "request head larger than 16 KiB"), data)
+                elif n == len(data):
+                    self._request(data, b"", now)
+                else:
+                    self._request(data[:n], data[n:], now)
                 return
-            if buf and not self.buf and self.requests:
-                # First bytes of a keep-alive request: from now the whole head has http_request.
-                self.head_start = self.last_activity
-                self._arm(self.head_start + self.ctx.timeouts.http_request)
-            self.buf = buf
+            if blank_line(data, 0, len(data)) >= 0:
+                self._refuse(_BARE_LF, data)
+                return
+            if len(data) > MAX_REQUEST_HEAD:
+                self._refuse(_TOO_LARGE, data)
+                return
+            self.partial = HeadBuffer(data)
             return
-        n = end + 4
-        if n > MAX_REQUEST_HEAD:
-            self._refuse(HttpError(431, "head_too_large", "request head larger than 16 KiB"), buf)
-            return
-        self.req_start = self.head_start if self.buf or not self.requests else self.last_activity
-        self.buf = b""
-        if n == len(buf):
-            head, rest = buf, b""
+        n, bare = partial.add(data)
+        if bare >= 0:
+            self._refuse(_BARE_LF, self._partial_head())
+        elif n < 0:
+            if len(partial) > MAX_REQUEST_HEAD:
+                self._refuse(_TOO_LARGE, self._partial_head())
+        elif n > MAX_REQUEST_HEAD:
+            self._refuse(_TOO_LARGE, self._partial_head())
         else:
-            head, rest = buf[:n], buf[n:]
+            self.partial = None
+            buf = partial.take()
+            self._request(buf[:n], buf[n:], now)
+
+    def _partial_head(self) -> bytes:
+        """The start of a head that never completed, for the log line of its refusal."""
+        partial = self.partial
+        self.partial = None
+        return bytes(partial.data[:400]) if partial is not None else b""
+
+    def _request(self, head: bytes, rest: bytes, now: float) -> None:
+        """A complete head: parse, route, pick, then send it on an idle connection or connect."""
         parser = self.parser
         try:
             parser.parse(head)
@@ -236,29 +372,22 @@ class HttpConnection(asyncio.Protocol):
         except ValueError as e:  # a Content-Length beyond what int() takes (llhttp caps it earlier)
             self._refuse(HttpError(400, "bad_request", str(e)), head)
             return
-        self.requests += 1
-        self.in_request = True
-        self.status = 0
-        self.req_in = len(head)
-        self.req_out = 0
-        self.retried = False
-        self.connect_s = self.response_s = 0.0
+        self._begin_request(len(head))
         self.keep_alive = parser.keep_alive and not self.closing
-        fwd = self.fwd
-        assert fwd is not None  # set before any request byte is read
+        fwd = cast(ClientForwarding, self.fwd)  # set before any request byte is read
         if parser.chunked:
             self.chunks = ChunkedReader(frozenset() if fwd.trusted else _FORBIDDEN_TRAILERS)
             self.body_left = -1
         else:
             self.chunks = None
             self.body_left = parser.content_length
-        up_head = self.up_head = fwd.rewrite(head, parser)
+        self.up_head = fwd.rewrite(head, parser)
         ctx = self.ctx
         pool = self.pool = ctx.pool_for_request(parser.host, parser.routing_path() if ctx.route_table else b"")
         if pool is None:
             self._error(503, "no_backend", "no backend for this request")
             return
-        server = pool.balancer.pick(self.client[0], (), now=self.last_activity)
+        server = pool.balancer.pick(self.client[0])  # passive health: the balancer's own clock
         if server is None:
             self._error(503, "no_server", f"no server of backend {pool.name} is up")
             return
@@ -267,33 +396,41 @@ class HttpConnection(asyncio.Protocol):
         if conn is not None:
             server.acquire()
             self.server = server
-            if self.body_left or self.write_paused:
-                self._send(conn, rest, b"")
-                return
-            # The common case inlined (measured: each call saved is ~0.15 us here): a request
-            # without body on an idle keep-alive connection.
-            self.upstream = conn
-            conn.begin(self, parser.method == b"HEAD")
-            self.sent_at = now = self.last_activity
-            self.state = WAIT
-            conn.transport.write(up_head)
-            if now + ctx.timeouts.server_idle < self.timer_at:
-                self._arm(now + ctx.timeouts.server_idle)
-            if rest:
-                self.buf = rest
-                self._pause(_HOLD)
-            elif self.paused & _HOLD:
-                self._resume(_HOLD)
-            return
-        self.state = CONNECTING
-        self.buf = rest
-        self._pause(_HOLD)
-        self.loop.create_task(self._connect(pool, server))
+            self._dispatch(conn, rest, b"", now)
+        else:
+            self.held = rest
+            self._connect_to(pool, server, now)
 
-    async def _connect(self, pool: BackendPool, server: Server) -> None:
+    def _begin_request(self, head_len: int) -> None:
+        """The fields of the request in flight, for a head just read (forwarded or refused)."""
+        self.in_request = True
+        self.req_start = self.entered  # HEAD's clock: the first byte (the accept, for the first)
+        self.status = 0
+        self.req_in = head_len
+        self.req_out = 0
+        self.connect_s = self.response_s = 0.0
+        self.resends = 0
+        if self.tried:
+            self.tried = []
+
+    def _connect_to(self, pool: BackendPool, server: Server | None, now: float) -> None:
+        """Open a new upstream connection (to ``server``, else one the balancer picks)."""
+        self._enter(CONNECTING, now)
+        self._pause(_HOLD)  # the body, or the next request, waits in the kernel meanwhile
+        self.task = self.loop.create_task(self._connect(pool, server))
+
+    async def _connect(self, pool: BackendPool, server: Server | None) -> None:
+        try:
+            await self._connected(pool, server)
+        except Exception as e:  # a bug must cost this client only, and not leave it hanging
+            log.error("http relay: connecting failed", listener=self.ctx.listener.name, error=repr(e))
+            self._error(502, "connect_failed", "internal error while connecting")
+
+    async def _connected(self, pool: BackendPool, server: Server | None) -> None:
         started = self.loop.time()
-        result = await connect_upstream(self.ctx, pool, self.client[0], lambda: UpstreamConn(server), first=server)
-        if self.closed is not None:  # the client went away meanwhile
+        result = await connect_upstream(self.ctx, pool, self.client[0], UpstreamConn, first=server, exclude=self.tried)
+        self.task = None
+        if self.closed is not None:  # closed as the connect completed (close() cancels it otherwise)
             if result is not None:
                 result[0].close()
                 result[1].release()
@@ -301,45 +438,38 @@ class HttpConnection(asyncio.Protocol):
         if result is None:
             self._error(502, "connect_failed", f"no server of backend {pool.name} accepted a connection")
             return
-        transport, picked = result
+        transport, self.server = result
+        now = self.loop.time()
+        self.connect_s = now - started
+        rest, self.held = self.held, b""
         conn = cast(UpstreamConn, transport.get_protocol())
-        if picked is not server:  # a retry went to another server
-            conn.server = picked
-        self.server = picked
-        self.connect_s = self.loop.time() - started
-        buf, self.buf = self.buf, b""
-        self._send(conn, buf, pool.proxy_header(self.client, self.dest))
+        self._dispatch(conn, rest, pool.proxy_header(self.client, self.dest), now)
 
-    def _send(self, conn: UpstreamConn, rest: bytes, prefix: bytes) -> None:
-        """Write the request head (and the body bytes already here) on ``conn``."""
+    def _dispatch(self, conn: UpstreamConn, rest: bytes, prefix: bytes, now: float) -> None:
+        """Write the request head, and the body bytes already here, on ``conn``: the one way a
+        request goes upstream (idle connection, new connection, sent again)."""
         self.upstream = conn
-        conn.begin(self, self.parser.method == b"HEAD")
-        if self.write_paused:
-            conn.transport.pause_reading()
-        self.sent_at = now = self.loop.time()
-        limit = now + min(self.ctx.timeouts.server_idle, self.ctx.idle_timeout)
-        if limit < self.timer_at:
-            self._arm(limit)
+        self.sent_at = now
         head = prefix + self.up_head if prefix else self.up_head
         if self.body_left:
-            self.state = BODY
             try:
                 out, after = self._frame(rest)
             except HttpError as e:
                 self._refuse(e, b"")
                 return
-            conn.transport.write(head + out if out else head)
+            conn.begin(self, self.parser.method == b"HEAD", head + out if out else head, self.write_paused)
             if after is None:
+                self._enter(BODY, now)
                 self._resume(_HOLD)
                 return
         else:
-            conn.transport.write(head)
+            conn.begin(self, self.parser.method == b"HEAD", head, self.write_paused)
             after = rest
-        self.state = WAIT
-        self.buf = after
+        self._enter(WAIT, now)
         if after:
+            self.held = after
             self._pause(_HOLD)
-        else:
+        elif self.paused & _HOLD:
             self._resume(_HOLD)
 
     def _frame(self, data: bytes) -> tuple[bytes, bytes | None]:
@@ -368,27 +498,24 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(e, b"")
             return
         if out:
-            up = self.upstream
-            if up is not None:
-                up.transport.write(out)
+            cast(UpstreamConn, self.upstream).send(out)
         if after is not None:
-            self.state = WAIT
+            # The request is complete; the response may already be under way (an early answer).
+            self._enter(RESPONSE if self.status else WAIT, self.last_activity)
             if after:
-                self.buf = after
+                self.held = after
                 self._pause(_HOLD)
 
     def eof_received(self) -> bool:
         self.client_eof = True
         state = self.state
         if state == TUNNEL:
-            up = self.upstream
-            if up is not None and up.transport is not None and up.transport.can_write_eof():
-                up.transport.write_eof()
+            cast(UpstreamConn, self.upstream).send_eof()
             if self.server_eof:
                 self.close("client_closed")
                 return False
             return True
-        if state == WAIT or (state == CONNECTING and not self.body_left):
+        if state in (WAIT, RESPONSE) or (state == CONNECTING and not self.body_left):
             # Complete requests then a half-close: they are still answered, then we close.
             return True
         self.close("client_closed")
@@ -396,24 +523,20 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close("client_closed" if self.closed is None else self.closed)
+        self.state = CLOSED
+        if self.timer is not None:  # LINGER's
+            self.timer.cancel()
+            self.timer = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        if self.upstream is not None:
+            self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
-
-    def upstream_full(self, full: bool) -> None:
-        if full:
-            self._pause(_UPSTREAM_FULL)
-        else:
-            self._resume(_UPSTREAM_FULL)
+        if self.upstream is not None:
+            self.upstream.resume_reading()
 
     def _pause(self, reason: int) -> None:
         if not self.paused and self.closed is None:
@@ -426,30 +549,45 @@ class HttpConnection(asyncio.Protocol):
             if not self.paused and self.closed is None:
                 self.transport.resume_reading()
 
-    # -- called by the upstream connection ---------------------------------------------------------
-    def upgrading(self) -> bool:
+    # -- ResponseSink: what the upstream connection tells us ---------------------------------------
+    def upgrade_requested(self) -> bool:
         return self.parser.upgrade
 
-    def interim(self, head: bytes) -> None:
+    def response_interim(self, head: bytes) -> None:
         """A 1xx response: HTTP/1.0 clients do not know them (RFC 9110 15.2)."""
+        self.last_activity = self.loop.time()
         if self.parser.version_11:
             self.req_out += len(head)
             self.transport.write(head)
 
-    def response_head(self, conn: UpstreamConn, head: bytes) -> bytes:
+    def response_head(self, parser: ResponseParser, head: bytes) -> bytes:
         """The final response head is here: decide whether the client connection stays open."""
-        p = conn.parser
-        self.status = p.status
-        self.response_s = self.last_activity - self.sent_at
-        if self.keep_alive and not p.close and p.framing != UNTIL_CLOSE:
+        now = self.last_activity = self.loop.time()
+        self.status = parser.status
+        self.response_s = now - self.sent_at
+        if self.state == WAIT:
+            self._enter(RESPONSE, now)
+        if self.keep_alive and not parser.close and parser.framing != UNTIL_CLOSE:
             return head
         self.keep_alive = False
-        if p.close and p.has_connection:
+        if parser.close and parser.has_connection:
             return head
         return with_connection_close(head)
 
-    def response_done(self, conn: UpstreamConn, reusable: bool) -> None:
-        self._log_request("ok")
+    def response_data(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        self.req_out += len(data)
+        self.transport.write(data)
+
+    def response_progress(self) -> None:
+        self.last_activity = self.loop.time()
+
+    def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool) -> None:
+        now = self.last_activity = self.loop.time()
+        if data:
+            self.req_out += len(data)
+            self.transport.write(data)
+        self._log_request("ok", None, now)
         server = self.server
         self.upstream = None
         self.server = None
@@ -457,10 +595,10 @@ class HttpConnection(asyncio.Protocol):
             server.release()
         if self.paused & _UPSTREAM_FULL:
             self._resume(_UPSTREAM_FULL)  # that server's backpressure no longer concerns us
-        complete = self.state == WAIT
+        complete = self.state == RESPONSE
         if reusable and complete:
             if self.write_paused:
-                conn.transport.resume_reading()
+                conn.resume_reading()
             conn.release()
             pool = self.pool
             if pool is not None and pool.config.send_proxy != "none":
@@ -476,84 +614,95 @@ class HttpConnection(asyncio.Protocol):
             # request would start is unknowable for the server too, so the connection ends.)
             self.close("done")
             return
-        self.state = HEAD
-        self.head_start = now = self.last_activity
-        idle_until = now + self.ctx.timeouts.client_idle
-        if idle_until < self.timer_at:
-            self._arm(idle_until)
-        if self.buf:
-            buf, self.buf = self.buf, b""
+        self._enter(IDLE, now)
+        if self.held:
+            held, self.held = self.held, b""
             self._resume(_HOLD)
-            self._head_bytes(buf)
-        if self.client_eof and self.state == HEAD:
+            self._head_data(held, now)
+        if self.client_eof and self.state in (IDLE, HEAD):
             self.close("client_closed")  # it half-closed after its last complete request
 
     def upstream_failed(self, status: int, end: str, detail: str) -> None:
         """The server sent something we cannot forward safely, or did not answer in time."""
         self.upstream = None
-        if self.status:  # the client already has part of a response: all we can do is stop
-            self._log_request(end, detail)
-            self.close(end)
-        else:
-            self._error(status, end, detail)
+        self._error(status, end, detail)
 
     def upstream_lost(self, conn: UpstreamConn) -> None:
         """The server closed before the response was complete."""
         self.upstream = None
-        if (
-            not conn.got_bytes
-            and conn.reused
-            and not self.retried
-            and self.state == WAIT
-            and self.parser.content_length == 0
-            and not self.parser.chunked
-        ):
-            # A reused connection that the server closed as we sent (its keep-alive timer fired):
-            # the request never reached it, so it is sent again on a new connection, once.
-            self.retried = True
-            self.state = CONNECTING
-            server = cast("Server", self.server)
-            server.release()
-            self.server = None
-            self.loop.create_task(self._connect(cast("BackendPool", self.pool), server))
+        server = self._resend_to(conn)
+        if server is None:
+            self._error(502, "server_closed", "the server closed the connection before a complete response")
             return
-        self.upstream_failed(502, "server_closed", "the server closed the connection before a complete response")
+        self.resends += 1
+        old = cast("Server", self.server)
+        self.server = None
+        old.release()
+        self._connect_to(cast("BackendPool", self.pool), server, self.loop.time())
 
-    def start_tunnel(self, conn: UpstreamConn, head: bytes, rest: bytes) -> None:
+    def _resend_to(self, conn: UpstreamConn) -> Server | None:
+        """Where to send the request again after ``conn`` closed, or None.
+
+        Only a request that may be repeated (RFC 9110 9.2.2: an idempotent method; and no body,
+        which is streamed, not kept) that got no byte of an answer, at most ``retries`` times.
+        A reused idle connection that the server closed as we sent on it (its keep-alive timer
+        fired) says nothing about the server: a new connection to it. A new connection that
+        closed: another server, as nginx's ``proxy_next_upstream error`` does.
+        """
+        pool = self.pool
+        if (
+            conn.got_bytes
+            or self.state != WAIT
+            or pool is None
+            or self.resends >= pool.config.retries
+            or self.chunks is not None
+            or self.parser.content_length
+            or self.parser.method not in IDEMPOTENT
+        ):
+            return None
+        if conn.reused:
+            return conn.server
+        self.tried.append(conn.server)
+        return pool.pick(self.client[0], self.tried)
+
+    def tunnel_start(self, conn: UpstreamConn, data: bytes) -> None:
         """101 Switching Protocols: from now on bytes are relayed as they are, both ways."""
+        now = self.last_activity = self.loop.time()
         self.status = 101
-        self.response_s = self.loop.time() - self.sent_at
-        self.state = TUNNEL
-        data = head + rest if rest else head
+        self.response_s = now - self.sent_at
+        self._enter(TUNNEL, now)
         self.req_out += len(data)
         self.transport.write(data)
-        buf, self.buf = self.buf, b""
+        held, self.held = self.held, b""
         self._resume(_HOLD)
-        if buf:
-            conn.transport.write(buf)
-            self.req_in += len(buf)
-        if self.client_eof and conn.transport is not None and conn.transport.can_write_eof():
-            conn.transport.write_eof()
+        if held:
+            conn.send(held)
+            self.req_in += len(held)
+        if self.client_eof:
+            conn.send_eof()
 
-    def tunnel_server_eof(self) -> None:
+    def tunnel_eof(self) -> None:
         self.server_eof = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
         if self.client_eof:
             self.close("server_closed")
 
-    def tunnel_server_lost(self) -> None:
+    def tunnel_lost(self) -> None:
         self.close("server_closed")
 
-    # -- errors, timers, the end -------------------------------------------------------------------
+    def upstream_full(self, full: bool) -> None:
+        if full:
+            self._pause(_UPSTREAM_FULL)
+        else:
+            self._resume(_UPSTREAM_FULL)
+
+    # -- errors, the end ---------------------------------------------------------------------------
     def _refuse(self, e: HttpError, head: bytes) -> None:
         """A request we will not forward (400, 405, 408, 431, 505)."""
         if not self.in_request:
-            self.in_request = True
+            self._begin_request(len(head))
             self.pool = None
-            self.req_in = len(head)
-            self.req_out = 0
-            self.connect_s = self.response_s = 0.0
             self._set_request_fields(head)
         self._error(e.status, e.end, e.detail)
 
@@ -567,37 +716,26 @@ class HttpConnection(asyncio.Protocol):
         parser.host = None
 
     def _error(self, status: int, end: str, detail: str) -> None:
-        """Answer with a short error and close (the connection may be mid-request)."""
+        """Answer with a short error and close (the connection may be mid-request). Once part
+        of a response went out, all that is left to do is to stop."""
         if self.status or self.closed is not None:
+            if self.closed is None:
+                self._log_request(end, detail, self.loop.time())
             self.close(end)
             return
         self.status = status
         data = error_response(status)
         self.req_out += len(data)
         self.transport.write(data)
-        self._log_request(end, detail)
+        self._log_request(end, detail, self.loop.time())
         self.linger = True
         self.close(end)
 
-    def _linger(self) -> None:
-        """After an error answer the client may still be sending (a request body, pipelined
-        requests). Closing with unread bytes makes the kernel send a reset that can destroy
-        the answer before the client reads it, so: FIN after the answer, read and drop what
-        still comes for up to LINGER_SECONDS, then close (nginx's lingering_close)."""
-        t = self.transport
-        if t.is_closing() or not t.can_write_eof():
-            t.close()
-            return
-        t.write_eof()
-        t.resume_reading()
-        self.loop.call_later(LINGER_SECONDS, t.close)
-
-    def _log_request(self, end: str, detail: str | None = None) -> None:
+    def _log_request(self, end: str, detail: str | None, now: float) -> None:
         """Count and log the request in flight (once)."""
         if not self.in_request:
             return
         self.in_request = False
-        now = self.last_activity if self.closed is None else self.loop.time()
         status = self.status
         stats = self.ctx.stats
         stats.requests[status] = stats.requests.get(status, 0) + 1
@@ -647,69 +785,19 @@ class HttpConnection(asyncio.Protocol):
         """Drain: idle connections close now, busy ones after their current response."""
         self.closing = True
         self.keep_alive = False
-        if self.state == HEAD and not self.buf:
-            self.close("drain")
-
-    def _arm(self, when: float) -> None:
-        if self.timer is None or when < self.timer_at:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer_at = when
-            self.timer = self.loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.closed is not None:
-            return
-        now = self.loop.time()
-        timeouts = self.ctx.timeouts
         state = self.state
-        if state == HEAD:
-            if self.header_reader is not None:
-                deadline = now + timeouts.http_request  # the reader's own timer ends that phase
-            elif self.buf or not self.requests:
-                deadline = self.head_start + timeouts.http_request
-            else:
-                deadline = self.last_activity + timeouts.client_idle
-        elif state == CONNECTING:
-            deadline = now + timeouts.connect  # connect_upstream bounds each attempt itself
-        elif state == WAIT and not self.status:
-            deadline = self.last_activity + timeouts.server_idle
-        else:
-            deadline = self.last_activity + self.ctx.idle_timeout
-        if now < deadline:
-            self.timer_at = deadline
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-            return
-        if state == HEAD:
-            if self.buf:
-                self._refuse(HttpError(408, "request_timeout", "request head not complete in time"), self.buf)
-            else:  # nothing sent (yet, or since the last response): nothing to answer
-                self.close("request_timeout" if not self.requests else "client_idle")
-        elif state == WAIT and not self.status:
-            up = self.upstream
-            if up is not None:
-                up.close()
-            self.upstream_failed(504, "server_timeout", "no response within timeouts.server_idle")
-        elif state == BODY and not self.status:
-            # The body stalled: on the client's side (408) or the server stopped reading it (504).
-            if self.paused & _UPSTREAM_FULL:
-                self._error(504, "server_timeout", "the server stopped reading the request body")
-            else:
-                self._error(408, "request_timeout", "request body stalled")
-        else:
-            self.close("idle_timeout")
+        if state in (PROXY, NEW, IDLE) or (state == HEAD and self.partial is None):
+            self.close("drain")
 
     def close(self, reason: str, *, abort: bool = False) -> None:
         if self.closed is not None:
             return
         self.closed = reason
         self.state = CLOSED
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.header_reader is not None:
-            self.header_reader._cancel()
+        task = self.task
+        if task is not None:
+            self.task = None
+            task.cancel()
         up = self.upstream
         self.upstream = None
         if up is not None:
@@ -717,21 +805,35 @@ class HttpConnection(asyncio.Protocol):
         if self.in_request:
             if not self.status:
                 self.status = 499  # nginx's "client closed request": no response was sent
-            self._log_request(reason)
+            self._log_request(reason, None, self.loop.time())
         server = self.server
         self.server = None
         if server is not None:
             server.release()
         if self.private is not None:
             self.private.close_all()
-        if abort:
-            self.transport.abort()
-        elif self.linger:
-            self._linger()
+        t = self.transport
+        if not abort and self.linger and not t.is_closing() and t.can_write_eof():
+            # After an error answer the client may still be sending (a request body, pipelined
+            # requests). Closing with unread bytes makes the kernel send a reset that can destroy
+            # the answer before the client reads it, so: FIN after the answer, read and drop what
+            # still comes for up to LINGER_SECONDS, then close (nginx's lingering_close).
+            t.write_eof()
+            t.resume_reading()
+            self._enter(LINGER, self.loop.time())
         else:
-            self.transport.close()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if abort:
+                t.abort()
+            else:
+                t.close()
         self.ctx.closed(self, reason, self.bytes_in, self.bytes_out)
 
+
+_BARE_LF = HttpError(400, "bad_request", "request head lines must end with CRLF, not a bare LF")
+_TOO_LARGE = HttpError(431, "head_too_large", "request head larger than 16 KiB")
 
 _json = json.encoder.encode_basestring_ascii  # the C encoder of one JSON string, quotes included
 _json_names: dict[str, str] = {}

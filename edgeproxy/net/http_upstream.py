@@ -1,43 +1,100 @@
 """The server side of http mode: one keep-alive connection to a server, framing its responses.
 
-An ``UpstreamConn`` serves one request at a time for its current ``owner`` (the client's
-``HttpConnection``) and writes the response straight into the owner's transport: the bytes are
-forwarded as received (a head is rewritten only to add ``Connection: close``), a body is never
-decoded or buffered, and the end of each response is found exactly, so extra bytes from a
-confused server are never passed to the client as part of this response (they make the
-connection non-reusable instead). Between requests it sits in an ``IdlePool``.
+An ``UpstreamConn`` serves one request at a time and hands the response to the ``ResponseSink``
+that began it (the client side, ``http_relay.HttpConnection``): the bytes are passed on as
+received (a head is rewritten only to add ``Connection: close``), a body is never decoded or
+buffered, and the end of each response is found exactly, so extra bytes from a confused server
+are never passed to the client as part of this response (they make the connection non-reusable
+instead). Between requests it sits in an ``IdlePool``.
+
+The two sides talk only through ``ResponseSink`` (what the server side tells the client side)
+and the public methods of ``UpstreamConn`` (``begin``, ``send``, ``send_eof``, ``pause_reading``,
+``resume_reading``, ``release``, ``close``): neither writes the other's transport or fields.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from edgeproxy.proto.http1 import MAX_RESPONSE_HEAD, ChunkedReader, HttpError
+from edgeproxy.proto.http1 import MAX_RESPONSE_HEAD, ChunkedReader, HeadBuffer, HttpError
 from edgeproxy.proto.http_response import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ResponseParser, crlf_head
 
 if TYPE_CHECKING:
     from edgeproxy.balance import Server
-    from edgeproxy.net.http_relay import HttpConnection
     from edgeproxy.net.upstream_pool import IdlePool
 
 # states
 IDLE, HEAD, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE, TUNNEL, CLOSED = range(7)
 
 
+class ResponseSink(Protocol):
+    """What an ``UpstreamConn`` tells the client side about the response to its request."""
+
+    def upgrade_requested(self) -> bool:
+        """The request asked to switch protocols (and the listener allows it): a 101 may come."""
+        ...
+
+    def response_interim(self, head: bytes) -> None:
+        """A 1xx other than 101 (100 Continue, 103 Early Hints)."""
+        ...
+
+    def response_head(self, parser: ResponseParser, head: bytes) -> bytes:
+        """The final response head; returns the head to forward (``Connection: close`` added
+        when the client connection will not stay open)."""
+        ...
+
+    def response_data(self, data: bytes) -> None:
+        """Bytes to forward: head and body of the response as they come, or tunnel bytes."""
+        ...
+
+    def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool) -> None:
+        """The response ends with ``data`` (may be empty). ``reusable``: the server may take the
+        next request on ``conn``."""
+        ...
+
+    def response_progress(self) -> None:
+        """Bytes of a head came that complete nothing yet (the server is alive)."""
+        ...
+
+    def upstream_failed(self, status: int, end: str, detail: str) -> None:
+        """The server sent what we cannot forward safely; ``conn`` is closed already."""
+        ...
+
+    def upstream_lost(self, conn: UpstreamConn) -> None:
+        """The server closed before the response was complete."""
+        ...
+
+    def tunnel_start(self, conn: UpstreamConn, data: bytes) -> None:
+        """101 Switching Protocols: ``data`` is its head and what followed it."""
+        ...
+
+    def tunnel_eof(self) -> None:
+        """The server half-closed the tunnel."""
+        ...
+
+    def tunnel_lost(self) -> None:
+        """The server's side of the tunnel is gone."""
+        ...
+
+    def upstream_full(self, full: bool) -> None:
+        """The server is not reading the request fast enough (True) / caught up (False)."""
+        ...
+
+
 class UpstreamConn(asyncio.Protocol):
     __slots__ = (
         "body_left",
-        "buf",
         "chunks",
         "got_bytes",
         "head_request",
         "home",
         "idle_tick",
-        "owner",
         "parser",
+        "partial",
         "reused",
         "server",
+        "sink",
         "state",
         "transport",
     )
@@ -45,37 +102,59 @@ class UpstreamConn(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)  # set by connection_made
-        self.owner: HttpConnection | None = None
+        self.sink: ResponseSink | None = None
         self.parser = ResponseParser()
         self.state = IDLE
-        self.buf = b""
+        self.partial: HeadBuffer | None = None  # a head that did not come in one read
         self.body_left = 0
         self.chunks: ChunkedReader | None = None
         self.head_request = False
         self.got_bytes = False  # any byte of a response to the current request
         self.reused = False
-        self.home: IdlePool | None = None  # the pool holding it while idle
+        self.home: IdlePool[Any] | None = None  # the pool holding it while idle
         self.idle_tick = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def begin(self, owner: HttpConnection, head_request: bool) -> None:
-        """A request is about to be written: its response belongs to ``owner``."""
-        self.owner = owner
+    # -- what the client side asks ---------------------------------------------------------------
+    def begin(self, sink: ResponseSink, head_request: bool, data: bytes, paused: bool) -> None:
+        """Write a request's first bytes; its response belongs to ``sink``. ``paused``: the
+        client is not reading, so neither do we until ``resume_reading``."""
+        self.sink = sink
         self.state = HEAD
         self.head_request = head_request
         self.got_bytes = False
+        t = self.transport
+        if paused:
+            t.pause_reading()
+        t.write(data)
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def send_eof(self) -> None:
+        t = self.transport
+        if t is not None and t.can_write_eof():
+            t.write_eof()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.resume_reading()
 
     def release(self) -> None:
         """The exchange is over; the caller pools or closes this connection."""
-        self.owner = None
+        self.sink = None
         if self.state != CLOSED:
             self.state = IDLE
         self.reused = True
 
     def close(self) -> None:
-        self.owner = None
+        self.sink = None
         if self.state != CLOSED:
             self.state = CLOSED
             if self.transport is not None:  # None until connection_made
@@ -83,42 +162,50 @@ class UpstreamConn(asyncio.Protocol):
 
     # -- response bytes ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        owner = self.owner
-        if owner is None:
+        sink = self.sink
+        if sink is None:
             self.close()  # bytes nobody asked for: this server is not speaking HTTP to us
             return
         self.got_bytes = True
-        owner.last_activity = owner.loop.time()
         try:
             state = self.state
             if state == HEAD:
-                self._head(owner, self.buf + data if self.buf else data)
+                self._head(sink, data)
             elif state == BODY_LENGTH:
                 left = self.body_left
                 if len(data) < left:
                     self.body_left = left - len(data)
                     if self.parser.feed(data):
                         raise HttpError(502, "bad_response", "ambiguous response framing")
-                    owner.req_out += len(data)
-                    owner.transport.write(data)
+                    sink.response_data(data)
                 else:
                     body = data if len(data) == left else data[:left]
                     if not self.parser.feed(body):
                         raise HttpError(502, "bad_response", "ambiguous response framing")
-                    self._last(owner, body, len(data) > left)
+                    self._last(sink, body, len(data) > left)
             elif state == BODY_CHUNKED:
-                self._chunked(owner, data, b"")
+                self._chunked(sink, data, b"")
             else:  # BODY_CLOSE, TUNNEL
-                owner.req_out += len(data)
-                owner.transport.write(data)
+                sink.response_data(data)
         except HttpError as e:
             # Client-side wording (400, bad_chunk) turned into what it is here: a bad response.
             self._fail(e if e.status >= 500 else HttpError(502, "bad_response", e.detail))
         except ValueError as e:  # int() of a garbage status or length
             self._fail(HttpError(502, "bad_response", str(e)))
 
-    def _head(self, owner: HttpConnection, buf: bytes) -> None:
+    def _head(self, sink: ResponseSink, data: bytes) -> None:
+        partial = self.partial
+        if partial is not None:
+            end, bare = partial.add(data)
+            if end < 0 and bare < 0:
+                if len(partial) > MAX_RESPONSE_HEAD:
+                    raise HttpError(502, "bad_response", "response head too large")
+                sink.response_progress()
+                return
+            self.partial = None
+            data = partial.take()
         parser = self.parser
+        buf = data
         while True:
             end = buf.find(b"\r\n\r\n")
             if (fixed := crlf_head(buf, end)) is not None:
@@ -127,9 +214,10 @@ class UpstreamConn(asyncio.Protocol):
             if end < 0:
                 if len(buf) > MAX_RESPONSE_HEAD:
                     raise HttpError(502, "bad_response", "response head too large")
-                self.buf = buf
+                partial = self.partial = HeadBuffer()
+                partial.add(buf)
+                sink.response_progress()
                 return
-            self.buf = b""
             n = end + 4
             head = buf if n == len(buf) else buf[:n]
             parser.parse(head, self.head_request)
@@ -140,28 +228,24 @@ class UpstreamConn(asyncio.Protocol):
                 raise HttpError(502, "bad_response", "ambiguous response framing")
             rest = buf[n:]
             if parser.status == 101:
-                if not owner.upgrading():
+                if not sink.upgrade_requested():
                     raise HttpError(502, "bad_response", "101 Switching Protocols without an Upgrade request")
                 self.state = TUNNEL
-                owner.start_tunnel(self, head, rest)
+                sink.tunnel_start(self, head + rest if rest else head)
                 return
-            owner.interim(head)  # 100 Continue, 103 Early Hints: passed on
+            sink.response_interim(head)
             if not rest:
                 return
             buf = rest
-        out_head = owner.response_head(self, head)
+        out_head = sink.response_head(parser, head)
         framing = parser.framing
         if framing == LENGTH:
             total = n + parser.content_length
-            if len(buf) >= total:  # the common case: the whole response in one read (_last inlined)
+            if len(buf) >= total:  # the common case: the whole response in one read
                 msg = buf if len(buf) == total else buf[:total]
                 if not parser.feed(msg):
                     raise HttpError(502, "bad_response", "ambiguous response framing")
-                data = msg if out_head is head else out_head + msg[n:]
-                owner.req_out += len(data)
-                owner.transport.write(data)
-                self.state = IDLE
-                owner.response_done(self, len(buf) == total and not parser.close)
+                self._last(sink, msg if out_head is head else out_head + msg[n:], len(buf) > total)
                 return
             if parser.feed(buf):
                 raise HttpError(502, "bad_response", "ambiguous response framing")
@@ -174,22 +258,21 @@ class UpstreamConn(asyncio.Protocol):
                 parser.reset()
             elif not parser.feed(head):
                 raise HttpError(502, "bad_response", "ambiguous response framing")
-            self._last(owner, out_head, len(buf) > n)
+            self._last(sink, out_head, len(buf) > n)
             return
         elif framing == CHUNKED:
             parser.feed(head)
             self.chunks = ChunkedReader()
             self.state = BODY_CHUNKED
-            self._chunked(owner, buf[n:], out_head)
+            self._chunked(sink, buf[n:], out_head)
             return
         else:  # UNTIL_CLOSE: the end of the connection ends the response
             parser.feed(buf)
             self.state = BODY_CLOSE
             data = out_head + buf[n:]
-        owner.req_out += len(data)
-        owner.transport.write(data)
+        sink.response_data(data)
 
-    def _chunked(self, owner: HttpConnection, data: bytes, head: bytes) -> None:
+    def _chunked(self, sink: ResponseSink, data: bytes, head: bytes) -> None:
         chunks = self.chunks
         assert chunks is not None
         out, after = chunks.feed(data)
@@ -198,59 +281,56 @@ class UpstreamConn(asyncio.Protocol):
         if head:
             out = head + out
         if after is None:
-            owner.req_out += len(out)
-            owner.transport.write(out)
+            if out:
+                sink.response_data(out)
+            else:
+                sink.response_progress()
         else:
-            self._last(owner, out, bool(after))
+            self._last(sink, out, bool(after))
 
-    def _last(self, owner: HttpConnection, data: bytes, extra: bool) -> None:
+    def _last(self, sink: ResponseSink, data: bytes, extra: bool) -> None:
         """The response ends with ``data``. ``extra``: the server sent more than the response,
         which is not forwarded and makes the connection unfit for reuse."""
-        if data:
-            owner.req_out += len(data)
-            owner.transport.write(data)
         self.state = IDLE
-        owner.response_done(self, not extra and not self.parser.close)
+        sink.response_end(self, data, not extra and not self.parser.close)
 
     def _fail(self, e: HttpError) -> None:
-        owner = self.owner
+        sink = self.sink
         self.close()
-        if owner is not None:
-            owner.upstream_failed(e.status, e.end, e.detail)
+        if sink is not None:
+            sink.upstream_failed(e.status, e.end, e.detail)
 
     # -- connection events -------------------------------------------------------------------------
     def eof_received(self) -> bool:
-        owner = self.owner
-        if owner is not None and self.state == TUNNEL:
-            owner.tunnel_server_eof()
+        sink = self.sink
+        if sink is not None and self.state == TUNNEL:
+            sink.tunnel_eof()
             return True  # the client may still be sending
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        owner = self.owner
+        sink = self.sink
         state = self.state
         self.state = CLOSED
+        self.sink = None
         if self.home is not None:
             self.home.discard(self)
-        if owner is None:
+        if sink is None:
             return
         if state == BODY_CLOSE:
-            self.owner = None
-            owner.response_done(self, False)
+            sink.response_end(self, b"", False)
         elif state == TUNNEL:
-            self.owner = None
-            owner.tunnel_server_lost()
+            sink.tunnel_lost()
         elif state != IDLE:
-            self.owner = None
-            owner.upstream_lost(self)
+            sink.upstream_lost(self)
 
     def pause_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_full(True)
+        if self.sink is not None:
+            self.sink.upstream_full(True)
 
     def resume_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_full(False)
+        if self.sink is not None:
+            self.sink.upstream_full(False)
 
 
-__all__ = ["BODY_CLOSE", "TUNNEL", "UNTIL_CLOSE", "UpstreamConn"]
+__all__ = ["BODY_CLOSE", "TUNNEL", "UNTIL_CLOSE", "ResponseSink", "UpstreamConn"]

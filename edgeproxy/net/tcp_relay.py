@@ -6,6 +6,10 @@ directions are plain ``transport.write`` calls with backpressure tied across the
 transport's write buffer passes its high-water mark (``pause_writing``), reading from the other
 side stops until it drains. Nothing else buffers, so memory per connection is bounded by the two
 transports' high-water marks.
+
+One timer per connection: while a trusted peer's PROXY header is awaited its deadline is
+``timeouts.http_request`` from accept, afterwards the idle limit from the last byte either way.
+The connecting task is kept and cancelled on close.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class TcpConnection(asyncio.Protocol):
         "client_eof",
         "client_transport",
         "closed",
+        "connecting",
         "ctx",
         "dest",
         "header_reader",
@@ -114,6 +119,7 @@ class TcpConnection(asyncio.Protocol):
         self.closed: str | None = None
         self.started = self.last_activity = self.loop.time()
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.connecting: asyncio.Task[None] | None = None
 
     # -- client side ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,9 +130,10 @@ class TcpConnection(asyncio.Protocol):
         local = t.get_extra_info("sockname")
         self.client = (peer[0], peer[1])
         self.dest = (local[0], local[1])
-        self.idle_handle = self.loop.call_later(ctx.idle_timeout, self._check_idle)
         if ctx.must_send_proxy_header(peer[0]):
             self.header_reader = ClientAddressReader(ctx, self)
+        self.idle_handle = self.loop.call_at(self._deadline(), self._check_idle)
+        if self.header_reader is not None:
             return
         t.pause_reading()  # until the upstream is connected: no unbounded buffering meanwhile
         self._start_connect()
@@ -135,23 +142,28 @@ class TcpConnection(asyncio.Protocol):
         """Called by the accept_proxy reader once a trusted peer's header has been parsed."""
         self.header_reader = None
         self.client, self.dest = client, dest
+        if self.idle_handle is not None:  # from the header's deadline to the idle one
+            self.idle_handle.cancel()
+        self.idle_handle = self.loop.call_at(self._deadline(), self._check_idle)
         if rest:
             self.pending.append(rest)
         cast(asyncio.Transport, self.client_transport).pause_reading()
         self._start_connect()
 
     def _start_connect(self) -> None:
-        self.loop.create_task(self._connect())
+        self.connecting = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         ctx = self.ctx
         pool = ctx.pool_for_connection()
         if pool is None:
+            self.connecting = None
             self.close("no_server")
             return
         upstream = _Upstream(self)
-        result = await connect_upstream(ctx, pool, self.client[0], lambda: upstream)
-        if self.closed is not None:  # the client went away while we were connecting
+        result = await connect_upstream(ctx, pool, self.client[0], lambda _server: upstream)
+        self.connecting = None
+        if self.closed is not None:  # closed as the connect completed (close() cancels it otherwise)
             if result is not None:
                 result[0].close()
                 result[1].release()
@@ -224,15 +236,23 @@ class TcpConnection(asyncio.Protocol):
             self.close("server_closed")
 
     # -- ending ----------------------------------------------------------------------------------
+    def _deadline(self) -> float:
+        """When the connection ends if nothing happens: one rule to arm and to fire the timer."""
+        if self.header_reader is not None:
+            return self.started + self.ctx.timeouts.http_request
+        return self.last_activity + self.ctx.idle_timeout
+
     def _check_idle(self) -> None:
+        self.idle_handle = None
         if self.closed is not None:
             return
-        now = self.loop.time()
-        deadline = self.last_activity + self.ctx.idle_timeout
-        if now >= deadline:
-            self.close("idle_timeout")
-        else:
+        deadline = self._deadline()
+        if self.loop.time() < deadline:
             self.idle_handle = self.loop.call_at(deadline, self._check_idle)
+        elif self.header_reader is not None:
+            self.header_reader.timed_out()
+        else:
+            self.close("idle_timeout")
 
     def close(self, reason: str, *, abort: bool = False) -> None:
         """End both sides once; buffered bytes are still flushed unless ``abort``."""
@@ -241,6 +261,10 @@ class TcpConnection(asyncio.Protocol):
         self.closed = reason
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+            self.idle_handle = None
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
         for t in (self.client_transport, self.upstream_transport):
             if t is not None:
                 if abort:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from edgeproxy.log import log
@@ -26,17 +26,23 @@ async def connect_upstream(
     ctx: ListenerContext,
     pool: BackendPool,
     client_ip: str,
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[Server], asyncio.Protocol],
     first: Server | None = None,
+    exclude: Sequence[Server] = (),
 ) -> tuple[asyncio.Transport, Server] | None:
     """Connect to a server of ``pool``; None when every attempt failed or nothing is up.
 
-    ``first``: a server the caller already picked (http mode picks before it knows whether an
-    idle connection to it exists); retries pick again. The returned server has been
-    ``acquire()``d; the caller releases it when done.
+    ``factory(server)`` makes the protocol for a connection to ``server``. ``first``: a server
+    the caller already picked (http mode picks before it knows whether an idle connection to it
+    exists); retries pick again, never one of ``exclude`` (servers this request already tried).
+    The returned server has been ``acquire()``d; the caller releases it when done.
+
+    Times: the balancer's passive-health clock is ``time.monotonic()`` (balance/server.py), so
+    a failed server is marked with it; the connect-time histogram uses the loop's clock only for
+    a difference of two of its own readings.
     """
     loop = ctx.loop
-    tried: list[Server] = []
+    tried: list[Server] = list(exclude)
     for attempt in range(pool.config.retries + 1):
         server = first if attempt == 0 and first is not None else pool.pick(client_ip, tried)
         if server is None:
@@ -45,7 +51,7 @@ async def connect_upstream(
         started = loop.time()
         try:
             async with asyncio.timeout(ctx.timeouts.connect):
-                transport, _ = await loop.create_connection(factory, server.host, server.port)
+                transport, _ = await loop.create_connection(_bound(factory, server), server.host, server.port)
         except (OSError, TimeoutError) as e:
             server.release()
             server.mark_failed(time.monotonic(), SUSPECT_HOLD)
@@ -58,9 +64,16 @@ async def connect_upstream(
                 error=_describe(e),
             )
             continue
+        except BaseException:  # cancelled: the client went away while we connected
+            server.release()
+            raise
         ctx.stats.connect_time.observe(loop.time() - started)
         return transport, server
     return None
+
+
+def _bound(factory: Callable[[Server], asyncio.Protocol], server: Server) -> Callable[[], asyncio.Protocol]:
+    return lambda: factory(server)
 
 
 def _describe(e: BaseException) -> str:

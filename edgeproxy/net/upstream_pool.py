@@ -1,7 +1,8 @@
 """Idle keep-alive connections to servers, for http mode to reuse (SPEC.md: "idle upstream
 connections are reused unless send_proxy is set").
 
-One shared pool per event loop holds the connections any client may reuse; a client connection
+The process's shared pool holds the connections any client may reuse; it is made and closed by
+whoever composes the listeners (runtime) and handed to each http listener. A client connection
 whose backend has ``send_proxy`` keeps its own private pool instead, because the PROXY header at
 the start of an upstream connection speaks for one client only.
 
@@ -17,27 +18,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from edgeproxy.balance import Server
-    from edgeproxy.net.http_upstream import UpstreamConn
 
 IDLE_SECONDS = 3
 MAX_IDLE_PER_SERVER = 256  # per process; beyond it the oldest idle one is closed
 
 
-class IdlePool:
+class Pooled(Protocol):
+    """What a pool needs of a connection it holds (``http_upstream.UpstreamConn``)."""
+
+    server: Server
+    home: IdlePool[Any] | None  # the pool holding it while idle
+    idle_tick: int
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Pooled)
+
+
+class IdlePool(Generic[C]):
     __slots__ = ("conns", "loop", "tick", "timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.conns: dict[Server, list[UpstreamConn]] = {}
+        self.conns: dict[Server, list[C]] = {}
         self.tick = 0
         self.timer: asyncio.TimerHandle | None = None
 
-    def get(self, server: Server) -> UpstreamConn | None:
+    def get(self, server: Server) -> C | None:
         conns = self.conns.get(server)
         if not conns:
             return None
@@ -45,7 +57,7 @@ class IdlePool:
         conn.home = None
         return conn
 
-    def put(self, conn: UpstreamConn) -> None:
+    def put(self, conn: C) -> None:
         conns = self.conns.get(conn.server)
         if conns is None:
             conns = self.conns[conn.server] = []
@@ -59,7 +71,7 @@ class IdlePool:
         if self.timer is None:
             self.timer = self.loop.call_later(1.0, self._sweep)
 
-    def discard(self, conn: UpstreamConn) -> None:
+    def discard(self, conn: C) -> None:
         """An idle connection closed (the server ended it): forget it."""
         conn.home = None
         conns = self.conns.get(conn.server)
@@ -100,13 +112,3 @@ class IdlePool:
     def __len__(self) -> int:
         return sum(len(c) for c in self.conns.values())
 
-
-_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, IdlePool] = weakref.WeakKeyDictionary()
-
-
-def shared_pool(loop: asyncio.AbstractEventLoop) -> IdlePool:
-    """The pool that every client connection of this event loop (process) shares."""
-    pool = _shared.get(loop)
-    if pool is None:
-        pool = _shared[loop] = IdlePool(loop)
-    return pool

@@ -28,10 +28,12 @@ from edgeproxy.config import Config, ConfigError, Listener, Route, parse_config
 from edgeproxy.config.loader import ConfigIssue
 from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
-from edgeproxy.net.http_relay import HttpConnection, HttpListener
+from edgeproxy.net.http_relay import HttpListener
+from edgeproxy.net.http_upstream import UpstreamConn
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
 from edgeproxy.net.udp import UdpListener
+from edgeproxy.net.upstream_pool import IdlePool
 from edgeproxy.runtime import labelsync
 from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_key
@@ -63,15 +65,15 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-def make_serving(ctx: ListenerContext, sockets: list[socket.socket]) -> Serving:
-    """The accept side for a listener's mode."""
+def make_serving(ctx: ListenerContext, sockets: list[socket.socket], idle: IdlePool[UpstreamConn]) -> Serving:
+    """The accept side for a listener's mode; ``idle``: the process's idle upstream connections."""
     mode = ctx.listener.mode
     if mode == "tcp":
         return TcpListener(ctx, sockets, lambda: TcpConnection(ctx))
     if mode == "udp":
         return UdpListener(ctx, sockets)
     if mode == "http":
-        return HttpListener(ctx, sockets, lambda: HttpConnection(ctx))
+        return HttpListener(ctx, sockets, idle)
     raise OSError(0, f"listener {ctx.listener.name}: mode {mode} is not available in this build")
 
 
@@ -104,6 +106,7 @@ class Proxy:
         self._hup = asyncio.Event()
         self._interrupts = 0
         self._sweeper: asyncio.TimerHandle | None = None
+        self.upstream_idle: IdlePool[UpstreamConn] | None = None  # made in start(), closed in finish()
         self.gone_pools: list[BackendPool] = []  # removed by a reload, servers still draining
         # Pools added at run time (swarm label backends): a reload keeps them; their owner
         # removes them.
@@ -122,6 +125,7 @@ class Proxy:
         log.configure(cfg.log.level, cfg.log.access, cfg.log.format)
         self.sockets.ensure(self._socket_keys(cfg))
         self.pools = {name: BackendPool(be) for name, be in cfg.backends.items()}
+        self.upstream_idle = IdlePool(self.loop)
         await self._start_serving()
         if self.role != "worker":
             for comp in self._make_components():
@@ -167,7 +171,8 @@ class Proxy:
         if stats is not None:
             ctx.stats = stats  # a listener re-created under its name keeps counting (no counter reset)
         socks = [self.sockets.get(socket_key(listener, a)) for a in listener.bind]
-        serving = make_serving(ctx, socks)
+        assert self.upstream_idle is not None  # start() made it
+        serving = make_serving(ctx, socks, self.upstream_idle)
         self.contexts[listener.name] = ctx
         self.servings[listener.name] = serving
         await serving.start()
@@ -364,6 +369,8 @@ class Proxy:
         left = await self._drain()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.upstream_idle is not None:
+            self.upstream_idle.close_all()
         for comp in self.components:
             with contextlib.suppress(Exception):
                 await comp.stop()
