@@ -369,9 +369,6 @@ class HttpConnection(asyncio.Protocol):
         except HttpError as e:
             self._refuse(e, head)
             return
-        except ValueError as e:  # a Content-Length beyond what int() takes (llhttp caps it earlier)
-            self._refuse(HttpError(400, "bad_request", str(e)), head)
-            return
         self._begin_request(len(head))
         self.keep_alive = parser.keep_alive and not self.closing
         fwd = cast(ClientForwarding, self.fwd)  # set before any request byte is read

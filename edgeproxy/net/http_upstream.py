@@ -185,13 +185,13 @@ class UpstreamConn(asyncio.Protocol):
                     self._last(sink, body, len(data) > left)
             elif state == BODY_CHUNKED:
                 self._chunked(sink, data, b"")
-            else:  # BODY_CLOSE, TUNNEL
+            elif state in (BODY_CLOSE, TUNNEL):
                 sink.response_data(data)
+            else:  # after the response's end, before its sink let go: not part of any response
+                self.close()
         except HttpError as e:
             # Client-side wording (400, bad_chunk) turned into what it is here: a bad response.
             self._fail(e if e.status >= 500 else HttpError(502, "bad_response", e.detail))
-        except ValueError as e:  # int() of a garbage status or length
-            self._fail(HttpError(502, "bad_response", str(e)))
 
     def _head(self, sink: ResponseSink, data: bytes) -> None:
         partial = self.partial

@@ -157,21 +157,21 @@ class RequestParser:
             upgrade = True  # Connection: upgrade + Upgrade, or CONNECT: decided below
         except httptools.HttpParserError as e:
             raise HttpError(400, "bad_request", f"invalid request head: {e}") from None
-        try:
-            method, target, rest = head.split(b" ", 2)
-        except ValueError:
-            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP version") from None
-        version = rest[:10]
-        if version == b"HTTP/1.1\r\n":
+        # The request line is the first line, exactly three fields: llhttp also takes an
+        # HTTP/0.9-style "GET /x" line, whose missing version a split of the whole head would
+        # find on the next line (fuzzing found it: the target then held a CRLF).
+        parts = head[: head.find(b"\r\n")].split(b" ")
+        if len(parts) != 3 or not parts[1]:  # llhttp tolerates "GET  / HTTP/1.1"
+            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP version")
+        method, target, version = parts
+        if version == b"HTTP/1.1":
             v11 = True
-        elif version == b"HTTP/1.0\r\n":
+        elif version == b"HTTP/1.0":
             v11 = False
-        elif version[:5] == b"HTTP/" and version[8:] == b"\r\n":
-            raise HttpError(505, "bad_version", f"HTTP version {version[:8].decode('latin-1')} not supported")
+        elif version[:5] == b"HTTP/" and len(version) == 8:
+            raise HttpError(505, "bad_version", f"HTTP version {version[5:].decode('latin-1')} not supported")
         else:
             raise HttpError(400, "bad_request", "request line must be METHOD SP target SP HTTP/1.x")
-        if not target:  # llhttp tolerates "GET  / HTTP/1.1"
-            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP version")
         if method == b"CONNECT":
             raise HttpError(405, "connect_refused", "CONNECT tunnels are not offered")
         self.method = method
@@ -216,7 +216,7 @@ class RequestParser:
                         framing_line = b"Content-Length: %d\r\n" % content_length
                         drop.add(b"content-length")
                 else:
-                    content_length = int(value)
+                    content_length = int(value)  # digits that llhttp parsed as a uint64: int() takes them
             elif code == TRANSFER_ENCODING:
                 if not v11:
                     raise HttpError(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
@@ -256,6 +256,8 @@ class RequestParser:
                 # Not a switch we relay: the request goes on as plain HTTP/1.1 without it.
                 drop.add(b"upgrade")
                 drop.add(b"connection")
+                if upgrade:  # llhttp stopped where it expected the switch: it reads what we send
+                    before = self._reparse(without_lines(head, {b"upgrade"}) + b"\r\n")
         elif upgrade_token:
             drop.add(b"connection")  # "Connection: upgrade" alone: nothing to switch to
             upgrade_token = False
@@ -284,6 +286,19 @@ class RequestParser:
         if (chunked or content_length > 0) == (complete.count != before):
             # Our framing and llhttp's must agree on whether a body follows.
             raise HttpError(400, "bad_request", "ambiguous request framing")
+
+    def _reparse(self, head: bytes) -> int:
+        """A fresh llhttp parser reads ``head``; returns the message count before it."""
+        complete = self._complete
+        before = complete.count
+        self._llhttp = httptools.HttpRequestParser(complete)
+        try:
+            self._llhttp.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            raise HttpError(400, "bad_request", "ambiguous protocol switch") from None
+        except httptools.HttpParserError as e:
+            raise HttpError(400, "bad_request", f"invalid request head: {e}") from None
+        return before
 
     def _allowed(self, protocols: bytes) -> bool:
         """Every protocol the client offers is one the listener relays (RFC 9110 7.8:

@@ -120,7 +120,10 @@ def _fields(found: list[tuple[bytes, bytes]], close: bool) -> tuple[int | None, 
         if code is None:
             code = _CODES[name.lower()]
         if code == _CL:
-            cl = int(value)
+            digits = value.rstrip(b" \t")
+            if not digits.isdigit() or len(digits) > 18:  # also what int() would take: total
+                raise HttpError(502, "bad_response", f"invalid Content-Length {value[:20]!r}")
+            cl = int(digits)
         elif code == _TE:
             te = value.rstrip(b" \t").rsplit(b",", 1)[-1].strip(b" \t").lower()
         else:

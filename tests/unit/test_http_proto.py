@@ -470,3 +470,11 @@ def test_head_buffer_reports_a_blank_line_with_a_bare_lf(head: bytes) -> None:
         assert any(bare >= 0 for _, bare in results)
     assert blank_line(head, 0, len(head)) >= 0
     assert blank_line(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0, 24) < 0
+
+
+def test_http09_style_request_line_is_refused() -> None:
+    """Found by fuzz/harness_http_relay: llhttp takes "POST /x" without a version; splitting the
+    whole head found a version on the next line, and the target held a CRLF."""
+    with pytest.raises(HttpError) as e:
+        parse(b"POST /cunkedTP/1.1\r\nHost: HTTP/1.1\r\nr-Encoding: chunked\r\n\r\n")
+    assert e.value.status == 400
