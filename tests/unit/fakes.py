@@ -15,7 +15,7 @@ import heapq
 import io
 import itertools
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from edgeproxy.log import log
@@ -173,25 +173,22 @@ async def settle() -> None:
 
 
 @contextmanager
-def access_log() -> Iterator[io.StringIO]:
-    """The access lines written meanwhile (log.flush() before reading)."""
+def _captured(stream: str) -> Iterator[io.StringIO]:
     out = io.StringIO()
-    saved = log.access
-    log.access = out
+    saved = getattr(log, stream)
+    setattr(log, stream, out)
     try:
         yield out
     finally:
         log.flush()
-        log.access = saved
+        setattr(log, stream, saved)
 
 
-@contextmanager
-def event_log() -> Iterator[io.StringIO]:
+def access_log() -> AbstractContextManager[io.StringIO]:
+    """The access lines written meanwhile (read them after the block)."""
+    return _captured("access")
+
+
+def event_log() -> AbstractContextManager[io.StringIO]:
     """edgeproxy's own events (warnings...) written meanwhile."""
-    out = io.StringIO()
-    saved = log.events
-    log.events = out
-    try:
-        yield out
-    finally:
-        log.events = saved
+    return _captured("events")
