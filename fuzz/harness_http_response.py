@@ -7,6 +7,7 @@ The first byte picks the cut and whether the request was a HEAD."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 from edgeproxy.balance import Server
@@ -24,16 +25,16 @@ class _Sink:
     def upgrade_requested(self) -> bool:
         return True
 
-    def response_interim(self, head: bytes) -> None:
+    def response_interim(self, head: bytes, now: float) -> None:
         self.out += head
 
-    def response_head(self, parser: ResponseParser, head: bytes) -> bytes:
+    def response_head(self, parser: ResponseParser, head: bytes, now: float) -> bytes:
         return head
 
-    def response_data(self, data: bytes) -> None:
+    def response_data(self, data: bytes, now: float) -> None:
         self.out += data
 
-    def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool) -> None:
+    def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool, now: float) -> None:
         self.out += data
         # (Whether the connection may be reused depends on bytes after the response, which a
         # later read may bring: not compared.)
@@ -43,7 +44,7 @@ class _Sink:
         else:
             conn.close()
 
-    def response_progress(self) -> None:
+    def response_progress(self, now: float) -> None:
         pass
 
     def upstream_failed(self, status: int, end: str, detail: str) -> None:
@@ -52,7 +53,7 @@ class _Sink:
     def upstream_lost(self, conn: UpstreamConn) -> None:
         self.end = "lost"
 
-    def tunnel_start(self, conn: UpstreamConn, data: bytes) -> None:
+    def tunnel_start(self, conn: UpstreamConn, data: bytes, now: float) -> None:
         self.out += data
         self.end = "tunnel"
 
@@ -78,7 +79,7 @@ class _Transport:
 
 
 def _run(data: bytes, cut: int, head_request: bool) -> tuple[bytes, str | None]:
-    conn = UpstreamConn(Server("192.0.2.9", 80))
+    conn = UpstreamConn(Server("192.0.2.9", 80), time.monotonic)
     conn.connection_made(cast(Any, _Transport()))
     sink = _Sink()
     conn.begin(sink, head_request, b"", False)

@@ -206,13 +206,15 @@ class HttpConnection(asyncio.Protocol):
 
     # -- the state machine's clock ---------------------------------------------------------------
     def _enter(self, state: int, since: float) -> None:
-        """Go to ``state`` whose clock starts at ``since``; arm the timer for its deadline."""
+        """Go to ``state`` whose clock starts at ``since``; arm the timer for its deadline.
+
+        ``since`` is never before the last byte (it is now, or the accept for a first request),
+        so at entry ``_deadline`` is ``since + limit`` whichever way the state counts."""
         self.state = state
         self.entered = since
-        if self.limits[state]:
-            deadline = self._deadline(state)
-            if deadline < self.timer_at:
-                self._arm(deadline)
+        limit = self.limits[state]
+        if limit and since + limit < self.timer_at:
+            self._arm(since + limit)
 
     def _deadline(self, state: int) -> float:
         since = self.entered
@@ -248,7 +250,7 @@ class HttpConnection(asyncio.Protocol):
         elif state == IDLE:
             self.close("client_idle")
         elif state == HEAD:
-            self._refuse(HttpError(408, "request_timeout", "request head not complete in time"), self._partial_head())
+            self._refuse(_TIMED_OUT, self._partial_head(), self.entered)
         elif state == WAIT:
             self._error(504, "server_timeout", "no response within timeouts.server_idle")
         elif state == BODY and not self.status:
@@ -306,7 +308,9 @@ class HttpConnection(asyncio.Protocol):
             self._body(data)
         elif state == TUNNEL:
             self.req_in += len(data)
-            cast(UpstreamConn, self.upstream).send(data)
+            up = self.upstream
+            if up is not None:  # (always, in TUNNEL: a plain test, cheaper than cast())
+                up.send(data)
         elif state < LINGER:  # CONNECTING, WAIT, RESPONSE: held until this request is done
             self.held += data
             self._pause(_HOLD)
@@ -316,44 +320,49 @@ class HttpConnection(asyncio.Protocol):
         """Bytes toward the next request head (states NEW, IDLE, HEAD)."""
         partial = self.partial
         if partial is None:
-            if self.state != HEAD:
-                # Any byte starts the head's clock, empty lines too; the first request's clock
-                # has run since accept.
-                self._enter(HEAD, self.started if self.state == NEW else now)
+            # Any byte starts the head's clock, empty lines too; the first request's clock has
+            # run since accept. (A head that is complete in this read never waits in HEAD.)
+            state = self.state
+            since = self.entered if state == HEAD else self.started if state == NEW else now
             if data[0] == 13 or data[0] == 10:
                 data = data.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request are ignored
                 if not data:
+                    if state != HEAD:
+                        self._enter(HEAD, since)
                     return
             end = data.find(b"\r\n\r\n")
-            if end >= 0:  # the common case: the whole head in one read
+            if 0 <= end <= MAX_REQUEST_HEAD - 4:  # the common case: the whole head in one read
                 n = end + 4
-                if n > MAX_REQUEST_HEAD:
-                    self._refuse(HttpError(431, "head_too_large", "request head larger than 16 KiB"), data)
-                elif n == len(data):
-                    self._request(data, b"", now)
+                if n == len(data):
+                    self._request(data, b"", since, now)
                 else:
-                    self._request(data[:n], data[n:], now)
+                    self._request(data[:n], data[n:], since, now)
+                return
+            if state != HEAD:
+                self._enter(HEAD, since)
+            if end >= 0:
+                self._refuse(_TOO_LARGE, data, self.entered)
                 return
             if blank_line(data, 0, len(data)) >= 0:
-                self._refuse(_BARE_LF, data)
+                self._refuse(_BARE_LF, data, self.entered)
                 return
             if len(data) > MAX_REQUEST_HEAD:
-                self._refuse(_TOO_LARGE, data)
+                self._refuse(_TOO_LARGE, data, self.entered)
                 return
             self.partial = HeadBuffer(data)
             return
         n, bare = partial.add(data)
         if bare >= 0:
-            self._refuse(_BARE_LF, self._partial_head())
+            self._refuse(_BARE_LF, self._partial_head(), self.entered)
         elif n < 0:
             if len(partial) > MAX_REQUEST_HEAD:
-                self._refuse(_TOO_LARGE, self._partial_head())
+                self._refuse(_TOO_LARGE, self._partial_head(), self.entered)
         elif n > MAX_REQUEST_HEAD:
-            self._refuse(_TOO_LARGE, self._partial_head())
+            self._refuse(_TOO_LARGE, self._partial_head(), self.entered)
         else:
             self.partial = None
             buf = partial.take()
-            self._request(buf[:n], buf[n:], now)
+            self._request(buf[:n], buf[n:], self.entered, now)
 
     def _partial_head(self) -> bytes:
         """The start of a head that never completed, for the log line of its refusal."""
@@ -361,17 +370,19 @@ class HttpConnection(asyncio.Protocol):
         self.partial = None
         return bytes(partial.data[:400]) if partial is not None else b""
 
-    def _request(self, head: bytes, rest: bytes, now: float) -> None:
-        """A complete head: parse, route, pick, then send it on an idle connection or connect."""
+    def _request(self, head: bytes, rest: bytes, since: float, now: float) -> None:
+        """A complete head whose first byte came at ``since``: parse, route, pick, then send it
+        on an idle connection or connect."""
         parser = self.parser
         try:
             parser.parse(head)
         except HttpError as e:
-            self._refuse(e, head)
+            self._refuse(e, head, since)
             return
-        self._begin_request(len(head))
+        self._begin_request(len(head), since)
         self.keep_alive = parser.keep_alive and not self.closing
-        fwd = cast(ClientForwarding, self.fwd)  # set before any request byte is read
+        fwd = self.fwd
+        assert fwd is not None  # set before any request byte is read
         if parser.chunked:
             self.chunks = ChunkedReader(frozenset() if fwd.trusted else _FORBIDDEN_TRAILERS)
             self.body_left = -1
@@ -398,10 +409,11 @@ class HttpConnection(asyncio.Protocol):
             self.held = rest
             self._connect_to(pool, server, now)
 
-    def _begin_request(self, head_len: int) -> None:
-        """The fields of the request in flight, for a head just read (forwarded or refused)."""
+    def _begin_request(self, head_len: int, since: float) -> None:
+        """The fields of the request in flight, for a head just read (forwarded or refused) whose
+        clock started at ``since`` (its first byte; the accept, for a connection's first)."""
         self.in_request = True
-        self.req_start = self.entered  # HEAD's clock: the first byte (the accept, for the first)
+        self.req_start = since
         self.status = 0
         self.req_in = head_len
         self.req_out = 0
@@ -425,7 +437,8 @@ class HttpConnection(asyncio.Protocol):
 
     async def _connected(self, pool: BackendPool, server: Server | None) -> None:
         started = self.loop.time()
-        result = await connect_upstream(self.ctx, pool, self.client[0], UpstreamConn, first=server, exclude=self.tried)
+        tried = self.tried
+        result = await connect_upstream(self.ctx, pool, self.client[0], self._upstream, first=server, exclude=tried)
         self.task = None
         if self.closed is not None:  # closed as the connect completed (close() cancels it otherwise)
             if result is not None:
@@ -442,6 +455,9 @@ class HttpConnection(asyncio.Protocol):
         conn = cast(UpstreamConn, transport.get_protocol())
         self._dispatch(conn, rest, pool.proxy_header(self.client, self.dest), now)
 
+    def _upstream(self, server: Server) -> UpstreamConn:
+        return UpstreamConn(server, self.loop.time)
+
     def _dispatch(self, conn: UpstreamConn, rest: bytes, prefix: bytes, now: float) -> None:
         """Write the request head, and the body bytes already here, on ``conn``: the one way a
         request goes upstream (idle connection, new connection, sent again)."""
@@ -452,7 +468,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 out, after = self._frame(rest)
             except HttpError as e:
-                self._refuse(e, b"")
+                self._refuse(e, b"", self.entered)
                 return
             conn.begin(self, self.parser.method == b"HEAD", head + out if out else head, self.write_paused)
             if after is None:
@@ -492,10 +508,11 @@ class HttpConnection(asyncio.Protocol):
         try:
             out, after = self._frame(data)
         except HttpError as e:
-            self._refuse(e, b"")
+            self._refuse(e, b"", self.entered)
             return
-        if out:
-            cast(UpstreamConn, self.upstream).send(out)
+        up = self.upstream
+        if out and up is not None:
+            up.send(out)
         if after is not None:
             # The request is complete; the response may already be under way (an early answer).
             self._enter(RESPONSE if self.status else WAIT, self.last_activity)
@@ -550,16 +567,16 @@ class HttpConnection(asyncio.Protocol):
     def upgrade_requested(self) -> bool:
         return self.parser.upgrade
 
-    def response_interim(self, head: bytes) -> None:
+    def response_interim(self, head: bytes, now: float) -> None:
         """A 1xx response: HTTP/1.0 clients do not know them (RFC 9110 15.2)."""
-        self.last_activity = self.loop.time()
+        self.last_activity = now
         if self.parser.version_11:
             self.req_out += len(head)
             self.transport.write(head)
 
-    def response_head(self, parser: ResponseParser, head: bytes) -> bytes:
+    def response_head(self, parser: ResponseParser, head: bytes, now: float) -> bytes:
         """The final response head is here: decide whether the client connection stays open."""
-        now = self.last_activity = self.loop.time()
+        self.last_activity = now
         self.status = parser.status
         self.response_s = now - self.sent_at
         if self.state == WAIT:
@@ -571,16 +588,16 @@ class HttpConnection(asyncio.Protocol):
             return head
         return with_connection_close(head)
 
-    def response_data(self, data: bytes) -> None:
-        self.last_activity = self.loop.time()
+    def response_data(self, data: bytes, now: float) -> None:
+        self.last_activity = now
         self.req_out += len(data)
         self.transport.write(data)
 
-    def response_progress(self) -> None:
-        self.last_activity = self.loop.time()
+    def response_progress(self, now: float) -> None:
+        self.last_activity = now
 
-    def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool) -> None:
-        now = self.last_activity = self.loop.time()
+    def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool, now: float) -> None:
+        self.last_activity = now
         if data:
             self.req_out += len(data)
             self.transport.write(data)
@@ -662,9 +679,9 @@ class HttpConnection(asyncio.Protocol):
         self.tried.append(conn.server)
         return pool.pick(self.client[0], self.tried)
 
-    def tunnel_start(self, conn: UpstreamConn, data: bytes) -> None:
+    def tunnel_start(self, conn: UpstreamConn, data: bytes, now: float) -> None:
         """101 Switching Protocols: from now on bytes are relayed as they are, both ways."""
-        now = self.last_activity = self.loop.time()
+        self.last_activity = now
         self.status = 101
         self.response_s = now - self.sent_at
         self._enter(TUNNEL, now)
@@ -695,10 +712,10 @@ class HttpConnection(asyncio.Protocol):
             self._resume(_UPSTREAM_FULL)
 
     # -- errors, the end ---------------------------------------------------------------------------
-    def _refuse(self, e: HttpError, head: bytes) -> None:
-        """A request we will not forward (400, 405, 408, 431, 505)."""
+    def _refuse(self, e: HttpError, head: bytes, since: float) -> None:
+        """A request we will not forward (400, 405, 408, 431, 505), its head begun at ``since``."""
         if not self.in_request:
-            self._begin_request(len(head))
+            self._begin_request(len(head), since)
             self.pool = None
             self._set_request_fields(head)
         self._error(e.status, e.end, e.detail)
@@ -829,6 +846,7 @@ class HttpConnection(asyncio.Protocol):
         self.ctx.closed(self, reason, self.bytes_in, self.bytes_out)
 
 
+_TIMED_OUT = HttpError(408, "request_timeout", "request head not complete in time")
 _BARE_LF = HttpError(400, "bad_request", "request head lines must end with CRLF, not a bare LF")
 _TOO_LARGE = HttpError(431, "head_too_large", "request head larger than 16 KiB")
 

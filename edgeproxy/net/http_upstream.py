@@ -15,9 +15,10 @@ and the public methods of ``UpstreamConn`` (``begin``, ``send``, ``send_eof``, `
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from edgeproxy.proto.http1 import MAX_RESPONSE_HEAD, ChunkedReader, HeadBuffer, HttpError
+from edgeproxy.proto.http1 import MAX_RESPONSE_HEAD, ChunkedReader, HeadBuffer, HttpError, blank_line
 from edgeproxy.proto.http_response import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ResponseParser, crlf_head
 
 if TYPE_CHECKING:
@@ -35,25 +36,26 @@ class ResponseSink(Protocol):
         """The request asked to switch protocols (and the listener allows it): a 101 may come."""
         ...
 
-    def response_interim(self, head: bytes) -> None:
-        """A 1xx other than 101 (100 Continue, 103 Early Hints)."""
+    def response_interim(self, head: bytes, now: float) -> None:
+        """A 1xx other than 101 (100 Continue, 103 Early Hints). ``now`` (here and below): when
+        the bytes came, on the clock the connection was made with."""
         ...
 
-    def response_head(self, parser: ResponseParser, head: bytes) -> bytes:
+    def response_head(self, parser: ResponseParser, head: bytes, now: float) -> bytes:
         """The final response head; returns the head to forward (``Connection: close`` added
         when the client connection will not stay open)."""
         ...
 
-    def response_data(self, data: bytes) -> None:
+    def response_data(self, data: bytes, now: float) -> None:
         """Bytes to forward: head and body of the response as they come, or tunnel bytes."""
         ...
 
-    def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool) -> None:
+    def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool, now: float) -> None:
         """The response ends with ``data`` (may be empty). ``reusable``: the server may take the
         next request on ``conn``."""
         ...
 
-    def response_progress(self) -> None:
+    def response_progress(self, now: float) -> None:
         """Bytes of a head came that complete nothing yet (the server is alive)."""
         ...
 
@@ -65,7 +67,7 @@ class ResponseSink(Protocol):
         """The server closed before the response was complete."""
         ...
 
-    def tunnel_start(self, conn: UpstreamConn, data: bytes) -> None:
+    def tunnel_start(self, conn: UpstreamConn, data: bytes, now: float) -> None:
         """101 Switching Protocols: ``data`` is its head and what followed it."""
         ...
 
@@ -86,6 +88,7 @@ class UpstreamConn(asyncio.Protocol):
     __slots__ = (
         "body_left",
         "chunks",
+        "clock",
         "got_bytes",
         "head_request",
         "home",
@@ -99,8 +102,9 @@ class UpstreamConn(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, clock: Callable[[], float]) -> None:
         self.server = server
+        self.clock = clock  # the event loop's time(): read once per read, handed to the sink
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)  # set by connection_made
         self.sink: ResponseSink | None = None
         self.parser = ResponseParser()
@@ -167,40 +171,41 @@ class UpstreamConn(asyncio.Protocol):
             self.close()  # bytes nobody asked for: this server is not speaking HTTP to us
             return
         self.got_bytes = True
+        now = self.clock()
         try:
             state = self.state
             if state == HEAD:
-                self._head(sink, data)
+                self._head(sink, data, now)
             elif state == BODY_LENGTH:
                 left = self.body_left
                 if len(data) < left:
                     self.body_left = left - len(data)
                     if self.parser.feed(data):
                         raise HttpError(502, "bad_response", "ambiguous response framing")
-                    sink.response_data(data)
+                    sink.response_data(data, now)
                 else:
                     body = data if len(data) == left else data[:left]
                     if not self.parser.feed(body):
                         raise HttpError(502, "bad_response", "ambiguous response framing")
-                    self._last(sink, body, len(data) > left)
+                    self._last(sink, body, len(data) > left, now)
             elif state == BODY_CHUNKED:
-                self._chunked(sink, data, b"")
+                self._chunked(sink, data, b"", now)
             elif state in (BODY_CLOSE, TUNNEL):
-                sink.response_data(data)
+                sink.response_data(data, now)
             else:  # after the response's end, before its sink let go: not part of any response
                 self.close()
         except HttpError as e:
             # Client-side wording (400, bad_chunk) turned into what it is here: a bad response.
             self._fail(e if e.status >= 500 else HttpError(502, "bad_response", e.detail))
 
-    def _head(self, sink: ResponseSink, data: bytes) -> None:
+    def _head(self, sink: ResponseSink, data: bytes, now: float) -> None:
         partial = self.partial
         if partial is not None:
             end, bare = partial.add(data)
             if end < 0 and bare < 0:
                 if len(partial) > MAX_RESPONSE_HEAD:
                     raise HttpError(502, "bad_response", "response head too large")
-                sink.response_progress()
+                sink.response_progress(now)
                 return
             self.partial = None
             data = partial.take()
@@ -208,15 +213,15 @@ class UpstreamConn(asyncio.Protocol):
         buf = data
         while True:
             end = buf.find(b"\r\n\r\n")
-            if (fixed := crlf_head(buf, end)) is not None:
-                buf = fixed
+            if blank_line(buf, 0, end if end >= 0 else len(buf)) >= 0:  # bare LF line ends (CGI)
+                buf = crlf_head(buf)
                 end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_RESPONSE_HEAD:
                     raise HttpError(502, "bad_response", "response head too large")
                 partial = self.partial = HeadBuffer()
                 partial.add(buf)
-                sink.response_progress()
+                sink.response_progress(now)
                 return
             n = end + 4
             head = buf if n == len(buf) else buf[:n]
@@ -231,13 +236,13 @@ class UpstreamConn(asyncio.Protocol):
                 if not sink.upgrade_requested():
                     raise HttpError(502, "bad_response", "101 Switching Protocols without an Upgrade request")
                 self.state = TUNNEL
-                sink.tunnel_start(self, head + rest if rest else head)
+                sink.tunnel_start(self, head + rest if rest else head, now)
                 return
-            sink.response_interim(head)
+            sink.response_interim(head, now)
             if not rest:
                 return
             buf = rest
-        out_head = sink.response_head(parser, head)
+        out_head = sink.response_head(parser, head, now)
         framing = parser.framing
         if framing == LENGTH:
             total = n + parser.content_length
@@ -245,7 +250,9 @@ class UpstreamConn(asyncio.Protocol):
                 msg = buf if len(buf) == total else buf[:total]
                 if not parser.feed(msg):
                     raise HttpError(502, "bad_response", "ambiguous response framing")
-                self._last(sink, msg if out_head is head else out_head + msg[n:], len(buf) > total)
+                self.state = IDLE  # (_last, inlined: the common response)
+                data = msg if out_head is head else out_head + msg[n:]
+                sink.response_end(self, data, len(buf) == total and not parser.close, now)
                 return
             if parser.feed(buf):
                 raise HttpError(502, "bad_response", "ambiguous response framing")
@@ -258,21 +265,21 @@ class UpstreamConn(asyncio.Protocol):
                 parser.reset()
             elif not parser.feed(head):
                 raise HttpError(502, "bad_response", "ambiguous response framing")
-            self._last(sink, out_head, len(buf) > n)
+            self._last(sink, out_head, len(buf) > n, now)
             return
         elif framing == CHUNKED:
             parser.feed(head)
             self.chunks = ChunkedReader()
             self.state = BODY_CHUNKED
-            self._chunked(sink, buf[n:], out_head)
+            self._chunked(sink, buf[n:], out_head, now)
             return
         else:  # UNTIL_CLOSE: the end of the connection ends the response
             parser.feed(buf)
             self.state = BODY_CLOSE
             data = out_head + buf[n:]
-        sink.response_data(data)
+        sink.response_data(data, now)
 
-    def _chunked(self, sink: ResponseSink, data: bytes, head: bytes) -> None:
+    def _chunked(self, sink: ResponseSink, data: bytes, head: bytes, now: float) -> None:
         chunks = self.chunks
         assert chunks is not None
         out, after = chunks.feed(data)
@@ -282,17 +289,17 @@ class UpstreamConn(asyncio.Protocol):
             out = head + out
         if after is None:
             if out:
-                sink.response_data(out)
+                sink.response_data(out, now)
             else:
-                sink.response_progress()
+                sink.response_progress(now)
         else:
-            self._last(sink, out, bool(after))
+            self._last(sink, out, bool(after), now)
 
-    def _last(self, sink: ResponseSink, data: bytes, extra: bool) -> None:
+    def _last(self, sink: ResponseSink, data: bytes, extra: bool, now: float) -> None:
         """The response ends with ``data``. ``extra``: the server sent more than the response,
         which is not forwarded and makes the connection unfit for reuse."""
         self.state = IDLE
-        sink.response_end(self, data, not extra and not self.parser.close)
+        sink.response_end(self, data, not extra and not self.parser.close, now)
 
     def _fail(self, e: HttpError) -> None:
         sink = self.sink
@@ -318,7 +325,7 @@ class UpstreamConn(asyncio.Protocol):
         if sink is None:
             return
         if state == BODY_CLOSE:
-            sink.response_end(self, b"", False)
+            sink.response_end(self, b"", False, self.clock())
         elif state == TUNNEL:
             sink.tunnel_lost()
         elif state != IDLE:

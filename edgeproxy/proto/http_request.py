@@ -157,21 +157,24 @@ class RequestParser:
             upgrade = True  # Connection: upgrade + Upgrade, or CONNECT: decided below
         except httptools.HttpParserError as e:
             raise HttpError(400, "bad_request", f"invalid request head: {e}") from None
-        # The request line is the first line, exactly three fields: llhttp also takes an
-        # HTTP/0.9-style "GET /x" line, whose missing version a split of the whole head would
-        # find on the next line (fuzzing found it: the target then held a CRLF).
-        parts = head[: head.find(b"\r\n")].split(b" ")
-        if len(parts) != 3 or not parts[1]:  # llhttp tolerates "GET  / HTTP/1.1"
-            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP version")
-        method, target, version = parts
-        if version == b"HTTP/1.1":
+        try:
+            method, target, rest = head.split(b" ", 2)
+        except ValueError:
+            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP version") from None
+        version = rest[:10]
+        if version == b"HTTP/1.1\r\n":
             v11 = True
-        elif version == b"HTTP/1.0":
+        elif version == b"HTTP/1.0\r\n":
             v11 = False
-        elif version[:5] == b"HTTP/" and len(version) == 8:
-            raise HttpError(505, "bad_version", f"HTTP version {version[5:].decode('latin-1')} not supported")
+        elif version[:5] == b"HTTP/" and version[8:] == b"\r\n":
+            raise HttpError(505, "bad_version", f"HTTP version {version[5:8].decode('latin-1')} not supported")
         else:
             raise HttpError(400, "bad_request", "request line must be METHOD SP target SP HTTP/1.x")
+        if not target or 13 in target:  # 13: CR ("in" with an int: 1/6 the cost of b"\r" here)
+            # llhttp tolerates "GET  / HTTP/1.1", and takes an HTTP/0.9-style "GET /x" line whose
+            # missing version the split finds on the next line (fuzzing found it): the request
+            # line is the first line, three fields.
+            raise HttpError(400, "bad_request", "request line must be METHOD SP target SP version")
         if method == b"CONNECT":
             raise HttpError(405, "connect_refused", "CONNECT tunnels are not offered")
         self.method = method

@@ -36,18 +36,16 @@ _LENIENT_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(rb"\r?\n")
 
 
-def crlf_head(buf: bytes, end: int) -> bytes | None:
-    """``buf`` with its head's bare LF line ends made CRLF, or None if the head uses CRLF.
+def crlf_head(buf: bytes) -> bytes:
+    """``buf`` with its head's bare LF line ends made CRLF; ``http1.blank_line`` found that the
+    head ends with a bare LF (before any CRLF CRLF).
 
-    ``end`` is where CRLF CRLF was found (-1: not yet). RFC 9112 2.2 lets a recipient accept a
-    bare LF as a line end, and CGI servers such as busybox httpd end their header lines that way;
-    nginx and HAProxy accept it from backends, so refusing it (502) would only break working apps.
-    Requests stay strict: a bare LF there is a smuggling vector; here the backend is the trusted
-    side. Two bounded finds keep the usual CRLF response at ~0.1 us extra.
+    RFC 9112 2.2 lets a recipient accept a bare LF as a line end, and CGI servers such as busybox
+    httpd end their header lines that way; nginx and HAProxy accept it from backends, so refusing
+    it (502) would only break working apps. Requests stay strict: a bare LF there is a smuggling
+    vector; here the backend is the trusted side. The check (two bounded finds) keeps the usual
+    CRLF response at ~0.1 us extra.
     """
-    limit = end if end >= 0 else len(buf)
-    if buf.find(b"\n\n", 0, limit) < 0 and buf.find(b"\n\r\n", 0, limit) < 0:
-        return None
     m = _LENIENT_HEAD_END.search(buf)
     assert m is not None
     return _LINE_END.sub(b"\r\n", buf[: m.end()]) + buf[m.end() :]
@@ -120,10 +118,12 @@ def _fields(found: list[tuple[bytes, bytes]], close: bool) -> tuple[int | None, 
         if code is None:
             code = _CODES[name.lower()]
         if code == _CL:
-            digits = value.rstrip(b" \t")
-            if not digits.isdigit() or len(digits) > 18:  # also what int() would take: total
-                raise HttpError(502, "bad_response", f"invalid Content-Length {value[:20]!r}")
-            cl = int(digits)
+            if not value.isdigit() or len(value) > 18:  # digits only (int() takes more): total
+                digits = value.rstrip(b" \t")
+                if not digits.isdigit() or len(digits) > 18:
+                    raise HttpError(502, "bad_response", f"invalid Content-Length {value[:20]!r}")
+                value = digits
+            cl = int(value)
         elif code == _TE:
             te = value.rstrip(b" \t").rsplit(b",", 1)[-1].strip(b" \t").lower()
         else:

@@ -77,7 +77,7 @@ class Rig:
     def idle_upstream(self, server: int = 0) -> FakeTransport:
         """An idle keep-alive connection to a server, in the pool (a previous request's)."""
         s = self.servers[server]
-        up = UpstreamConn(s)
+        up = UpstreamConn(s, self.loop.time)
         t = FakeTransport(up, peer=(s.host, s.port))
         up.connection_made(cast(Any, t))
         up.release()

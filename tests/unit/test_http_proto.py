@@ -326,15 +326,18 @@ def test_context_consults_extra_routes() -> None:
         loop.close()
 
 
+def bare_lf_head(buf: bytes) -> bytes | None:
+    """What UpstreamConn does with a response head: made CRLF if it ends with a bare LF."""
+    end = buf.find(b"\r\n\r\n")
+    return crlf_head(buf) if blank_line(buf, 0, end if end >= 0 else len(buf)) >= 0 else None
+
+
 def test_bare_lf_response_head_is_made_crlf_and_crlf_heads_are_untouched() -> None:
     # busybox httpd's CGI output: a CRLF status line, then bare-LF header lines.
     cgi = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\n\nbody with \r\n\r\n inside"
-    buf = crlf_head(cgi, cgi.find(b"\r\n\r\n"))
-    assert buf == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nbody with \r\n\r\n inside"
-    crlf = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    assert crlf_head(crlf, crlf.find(b"\r\n\r\n")) is None
-    partial = b"HTTP/1.1 200 OK\r\nContent-Len"
-    assert crlf_head(partial, -1) is None
+    assert bare_lf_head(cgi) == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nbody with \r\n\r\n inside"
+    assert bare_lf_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") is None
+    assert bare_lf_head(b"HTTP/1.1 200 OK\r\nContent-Len") is None
 
 
 # -- issue 10: canonical framing, upgrades, chunk lines, bare-LF head ends ----------------------------
@@ -478,3 +481,10 @@ def test_http09_style_request_line_is_refused() -> None:
     with pytest.raises(HttpError) as e:
         parse(b"POST /cunkedTP/1.1\r\nHost: HTTP/1.1\r\nr-Encoding: chunked\r\n\r\n")
     assert e.value.status == 400
+
+
+def test_bare_lf_then_crlf_blank_line_ends_a_response_head_in_one_read_too() -> None:
+    """Found by fuzz/harness_http_response: "X: y\\n\\r\\n" (a bare LF, then a CRLF blank line)
+    ended the head when it came in pieces, but in one read the bounded search missed it (it
+    stopped at the CRLF CRLF that the blank line starts) and the response was a 502."""
+    assert bare_lf_head(b"HTTP/1.1 200 OK\r\nX: y\n\r\n\r\n") == b"HTTP/1.1 200 OK\r\nX: y\r\n\r\n\r\n"
