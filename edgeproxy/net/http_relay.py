@@ -478,7 +478,12 @@ class HttpConnection(asyncio.Protocol):
         else:
             conn.begin(self, self.parser.method == b"HEAD", head, self.write_paused)
             after = rest
-        self._enter(WAIT, now)
+        # _enter(WAIT, now), inlined like the two other transitions of every keep-alive request
+        # (RESPONSE, IDLE): callgrind counts ~1100 instructions for the call, 1.3% of a request.
+        self.state = WAIT
+        self.entered = now
+        if now + self.limits[WAIT] < self.timer_at:
+            self._arm(now + self.limits[WAIT])
         if after:
             self.held = after
             self._pause(_HOLD)
@@ -579,8 +584,11 @@ class HttpConnection(asyncio.Protocol):
         self.last_activity = now
         self.status = parser.status
         self.response_s = now - self.sent_at
-        if self.state == WAIT:
-            self._enter(RESPONSE, now)
+        if self.state == WAIT:  # (_enter(RESPONSE, now) inlined: see _dispatch)
+            self.state = RESPONSE
+            self.entered = now
+            if now + self.limits[RESPONSE] < self.timer_at:
+                self._arm(now + self.limits[RESPONSE])
         if self.keep_alive and not parser.close and parser.framing != UNTIL_CLOSE:
             return head
         self.keep_alive = False
@@ -628,7 +636,10 @@ class HttpConnection(asyncio.Protocol):
             # request would start is unknowable for the server too, so the connection ends.)
             self.close("done")
             return
-        self._enter(IDLE, now)
+        self.state = IDLE  # (_enter(IDLE, now) inlined: see _dispatch)
+        self.entered = now
+        if now + self.limits[IDLE] < self.timer_at:
+            self._arm(now + self.limits[IDLE])
         if self.held:
             held, self.held = self.held, b""
             self._resume(_HOLD)
