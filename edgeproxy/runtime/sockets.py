@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable
 
-from edgeproxy.config import Address, Listener
+from edgeproxy.config import Address, Config, Listener
+from edgeproxy.staged import Staged
 
 SocketKey = tuple[str, str, int]  # ("tcp" | "udp", host, port)
 BACKLOG = 1024
@@ -14,6 +15,11 @@ BACKLOG = 1024
 
 def socket_key(listener: Listener, addr: Address) -> SocketKey:
     return ("udp" if listener.mode == "udp" else "tcp", addr.host, addr.port)
+
+
+def socket_keys(config: Config) -> list[SocketKey]:
+    """Every socket a configuration listens on."""
+    return [socket_key(lst, a) for lst in config.listeners for a in lst.bind]
 
 
 def bind_socket(key: SocketKey) -> socket.socket:
@@ -73,6 +79,20 @@ class SocketSet:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise OSError(e.errno, f"cannot bind {proto} {where}: {e.strerror}") from None
         return added
+
+    def stage(self, keys: Iterable[SocketKey]) -> Staged:
+        """A reload's sockets: bind what is missing now (OSError, with nothing left bound, if
+        one cannot be); ``commit`` closes the sockets no longer listed, ``abort`` those bound here."""
+        wanted = list(keys)
+        added = self.ensure(wanted)
+
+        def abort() -> None:
+            for key in added:
+                sock = self.sockets.pop(key, None)
+                if sock is not None:
+                    sock.close()
+
+        return Staged(lambda: self.retain(set(wanted)), abort)
 
     def get(self, key: SocketKey) -> socket.socket:
         return self.sockets[key]
