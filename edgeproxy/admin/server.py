@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -71,7 +72,9 @@ class AdminServer:
         try:
             server = await asyncio.start_server(self._handle, admin.bind.host, admin.bind.port, limit=HEAD_LIMIT)
         except OSError as e:
-            raise AdminError(e.errno, f"admin.bind: cannot bind {admin.bind}: {e.strerror or e}") from None
+            # asyncio's message repeats the address: the errno's text says it plainly.
+            reason = os.strerror(e.errno) if e.errno else e.strerror or str(e)
+            raise AdminError(e.errno, f"admin.bind: cannot bind {admin.bind}: {reason}") from None
 
         def commit() -> None:
             self._swap(admin, server)

@@ -164,6 +164,11 @@ class DataPlane:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
+    async def settled(self) -> None:
+        """Wait for the work commits and aborts set going (listeners stopping)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -232,8 +237,6 @@ class DataPlane:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception):
-                await task
+        await self.settled()
         self._unsubscribe()
         return left

@@ -17,6 +17,8 @@ too, created with the data plane and closed after it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from edgeproxy.admin.server import AdminServer
 from edgeproxy.admin.view import StatsView
@@ -68,13 +70,7 @@ def serve(config: Config) -> int:
             return 1
         return 0
 
-    try:
-        return run(main())
-    except KeyboardInterrupt:
-        return 1
-    finally:
-        log.flush()
-        sys.stderr.flush()
+    return _run(main())
 
 
 def serve_worker(channel_fd: int, wid: int) -> int:
@@ -83,12 +79,17 @@ def serve_worker(channel_fd: int, wid: int) -> int:
     async def main() -> int:
         return await build_worker(channel_fd, wid).run()
 
+    return _run(main())
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
     try:
-        return run(main())
+        return run(main)
     except KeyboardInterrupt:
         return 1
     finally:
         log.flush()
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ with the config path and the step that failed, and counted in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 
 from edgeproxy.config import Config, ConfigError, parse_config
 from edgeproxy.config.loader import ConfigIssue
@@ -61,26 +62,24 @@ class Transaction:
         self._staged: list[Staged] = []
 
     def stage(self, step: str, prepare: Callable[[], Staged]) -> None:
-        try:
-            staged = prepare()
-        except Exception as e:
-            self.abort()
-            raise ReloadFailed(step, [describe(e)]) from e
-        except BaseException:
-            self.abort()
-            raise
-        self._staged.append(staged)
+        with self._step(step):
+            self._staged.append(prepare())
 
     async def stage_async(self, step: str, prepare: Callable[[], Awaitable[Staged]]) -> None:
+        with self._step(step):
+            self._staged.append(await prepare())
+
+    @contextlib.contextmanager
+    def _step(self, step: str) -> Iterator[None]:
+        """A step that fails aborts every step prepared before it and raises ReloadFailed."""
         try:
-            staged = await prepare()
+            yield
         except Exception as e:
             self.abort()
             raise ReloadFailed(step, [describe(e)]) from e
         except BaseException:
             self.abort()
             raise
-        self._staged.append(staged)
 
     def commit(self) -> bool:
         """Swap every step in, in order, without yielding to the loop. A commit is built not to

@@ -30,6 +30,7 @@ class ControlRole:
     transaction (``_prepare_serving``) and says where data-plane counters come from."""
 
     started_msg = "edgeproxy started"
+    serving_step = "listeners"  # the name of the data plane's step in the transaction (and the log)
 
     def __init__(self, config: Config, registry: PoolRegistry, sockets: SocketSet, make_control: MakeControl) -> None:
         self._config = config
@@ -65,7 +66,7 @@ class ControlRole:
         tx.stage("sockets", lambda: self.sockets.stage(socket_keys(new)))
         tx.stage("log", lambda: log.prepare(new.log.level, new.log.access, new.log.format))
         tx.stage("pools", lambda: self.registry.stage(new.backends))
-        await tx.stage_async("listeners", lambda: self._prepare_serving(new, raw))
+        await tx.stage_async(self.serving_step, lambda: self._prepare_serving(new, raw))
         await tx.stage_async("components", lambda: self.control.prepare(new))
         tx.stage("config", lambda: Staged(lambda: self._set_config(new, raw)))
         return tx
@@ -103,10 +104,12 @@ class ControlRole:
         except Exception as e:  # anything at all: the process keeps serving the old configuration
             step, errors = (e.step, e.errors) if isinstance(e, ReloadFailed) else ("unexpected", [repr(e)])
             self.reloads.count(False)
+            await self._settle()
             log.error("reload failed: keeping the running configuration", config=path, step=step, errors=errors)
             return False
         ok = tx.commit()
         self.reloads.count(ok)
+        await self._settle()
         log.info(
             "configuration reloaded" if ok else "configuration reloaded with errors (see above)",
             config=new.path,
@@ -119,6 +122,10 @@ class ControlRole:
         except Exception as e:
             log.error("after the reload", error=repr(e))
         return ok
+
+    async def _settle(self) -> None:
+        """Wait (bounded) until what a commit or an abort set going is done: listeners it stopped
+        no longer accept, every worker has switched. Then the log line is true when written."""
 
     async def _after_reload(self) -> None:
         """Work that follows a committed reload and does not decide it (scaling the workers)."""

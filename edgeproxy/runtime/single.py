@@ -28,6 +28,9 @@ class SingleProcess(ControlRole):
     async def _prepare_serving(self, new: Config, raw: bytes) -> Staged:
         return await self.dataplane.prepare(new)
 
+    async def _settle(self) -> None:
+        await self.dataplane.settled()
+
     async def data_plane_families(self) -> list[Family]:
         return self.dataplane.families()
 

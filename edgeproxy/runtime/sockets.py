@@ -53,6 +53,7 @@ class SocketSet:
     def __init__(self, *, can_bind: bool = True) -> None:
         self.sockets: dict[SocketKey, socket.socket] = {}
         self.can_bind = can_bind
+        self.committed: set[SocketKey] = set()  # the sockets of the running configuration
 
     def adopt(self, key: SocketKey, sock: socket.socket) -> None:
         old = self.sockets.get(key)
@@ -81,18 +82,22 @@ class SocketSet:
         return added
 
     def stage(self, keys: Iterable[SocketKey]) -> Staged:
-        """A reload's sockets: bind what is missing now (OSError, with nothing left bound, if
-        one cannot be); ``commit`` closes the sockets no longer listed, ``abort`` those bound here."""
+        """A reload's sockets: bind what is missing now (OSError if one cannot be). ``commit``
+        closes the sockets no longer listed; ``abort`` (or a failure here) closes every socket
+        the running configuration does not use: those this bound, and in a worker those the
+        supervisor passed for the reload that failed."""
         wanted = list(keys)
-        added = self.ensure(wanted)
+        try:
+            self.ensure(wanted)
+        except OSError:
+            self.retain(self.committed)
+            raise
 
-        def abort() -> None:
-            for key in added:
-                sock = self.sockets.pop(key, None)
-                if sock is not None:
-                    sock.close()
+        def commit() -> None:
+            self.committed = set(wanted)
+            self.retain(self.committed)
 
-        return Staged(lambda: self.retain(set(wanted)), abort)
+        return Staged(commit, lambda: self.retain(self.committed))
 
     def get(self, key: SocketKey) -> socket.socket:
         return self.sockets[key]

@@ -75,6 +75,8 @@ class WorkerHandle:
 
 
 class Supervisor(ControlRole):
+    serving_step = "workers"
+
     def __init__(self, config: Config, registry: PoolRegistry, sockets: SocketSet, make_control: MakeControl) -> None:
         super().__init__(config, registry, sockets, make_control)
         self.workers: dict[int, WorkerHandle] = {}
@@ -87,6 +89,7 @@ class Supervisor(ControlRole):
         self._push_soon: asyncio.Handle | None = None
         self._backoff: dict[int, float] = {}
         self._reaping: set[asyncio.Task[None]] = set()
+        self._acks: list[asyncio.Future[Message]] = []  # workers' answers to commit or abort
         # A worker (re)started while a reload is under way would get the old file: one at a time.
         self._config_lock = asyncio.Lock()
         registry.subscribe(self._registry_changed)
@@ -225,21 +228,26 @@ class Supervisor(ControlRole):
                 errors.append(f"worker {h.id}: {r.get('error')}")
 
         def tell(op: str) -> None:
-            for h in live:
-                if h.channel is not None:
-                    h.channel.send({"op": op})
+            # Answered once the worker has switched (or dropped what it prepared): _settle waits.
+            self._acks = [asyncio.ensure_future(self._request(h, {"op": op}, RELOAD_TIMEOUT)) for h in live]
 
-        if errors:
-            tell("abort")
-            raise reload.ReloadFailed("workers", errors)
-        keys = set(socket_keys(new))  # after the commit, the sockets step keeps exactly these
-
-        def commit() -> None:
-            tell("commit")
+        def end(op: str, config: Config) -> None:
+            tell(op)
+            keys = set(socket_keys(config))  # each worker now holds exactly these sockets
             for h in live:
                 h.sent &= keys
 
-        return Staged(commit, lambda: tell("abort"))
+        if errors:
+            end("abort", self.config)
+            raise reload.ReloadFailed("workers", errors)
+        return Staged(lambda: end("commit", new), lambda: end("abort", self.config))
+
+    async def _settle(self) -> None:
+        acks, self._acks = self._acks, []
+        replies = await asyncio.gather(*acks, return_exceptions=True)
+        for r in replies:
+            if isinstance(r, BaseException) or not r.get("ok"):
+                log.warning("a worker did not confirm the reload's end", error=str(r))
 
     async def _after_reload(self) -> None:
         await self._scale(self.config.workers)

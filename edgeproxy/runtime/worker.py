@@ -53,6 +53,7 @@ class Worker:
         self.pending: Transaction | None = None  # a prepared reload, waiting for commit or abort
         self.queue: asyncio.Queue[Message] = asyncio.Queue()  # config, prepare and stop, in order
         self.interrupts = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.channel = Channel(socket.socket(fileno=channel_fd), self.on_message, self.on_close)
 
     def on_message(self, msg: Message, socks: list[socket.socket]) -> None:
@@ -69,8 +70,11 @@ class Worker:
             self.channel.reply(msg, families=[f.to_json() for f in self.dataplane.families()])
         elif op in ("commit", "abort"):
             # Sent once this worker answered the prepare, so it is here; handled at once, in
-            # order with the registry updates that follow it.
+            # order with the registry updates that follow it; answered once it took effect.
             self._finish_pending(op == "commit")
+            task = asyncio.ensure_future(self._settled(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         elif op in ("config", "prepare", "stop"):
             self.queue.put_nowait(msg)
 
@@ -126,6 +130,10 @@ class Worker:
         self.started = True
         log.info("worker started", pid=os.getpid())
         self.channel.reply(msg, ok=True, pid=os.getpid())
+
+    async def _settled(self, msg: Message) -> None:
+        await self.dataplane.settled()
+        self.channel.reply(msg, ok=True)
 
     def _finish_pending(self, commit: bool) -> None:
         tx, self.pending = self.pending, None
