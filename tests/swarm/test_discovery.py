@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -263,3 +264,57 @@ def test_swarm_status_command_on_the_real_cluster(swarm: Swarm, tmp_path: Any) -
     assert f"-> server 127.0.0.1:{published} (up)" in text
     assert "WARNING: ingress-mode port: publish it with mode: host" in text
     swarm.docker("service", "rm", "st-host", "st-ing")
+
+
+def test_a_swarm_section_added_by_sighup_starts_discovery_and_removed_stops_it(swarm: Swarm) -> None:
+    """Issue 10: a `swarm:` section added by SIGHUP was ignored until a restart. With workers: 2,
+    so the servers also have to reach the workers."""
+    published, port, admin = free_port(), free_port(), free_port()
+    swarm.service("hup", published)
+    static = {
+        "workers": 2,
+        "admin": {"bind": f"127.0.0.1:{admin}"},
+        "timeouts": {"connect": "1s", "drain": "2s"},
+        "listeners": [{"name": "front", "bind": f"127.0.0.1:{port}", "mode": "tcp", "backend": "app"}],
+        "backends": {"app": {"health": {"type": "none"}, "servers": ["127.0.0.1:9"]}},
+    }
+    discovered = {
+        **static,
+        "backends": {"app": {"health": {"type": "none"}, "swarm": {"service": "hup", "port": 80}}},
+        "swarm": swarm_section(swarm),
+    }
+
+    def served() -> bool:
+        try:
+            return all(
+                b"remote=" in http_get("127.0.0.1", port, "/cgi-bin/ip", source=f"127.0.0.{40 + i}") for i in range(6)
+            )
+        except OSError:
+            return False
+
+    try:
+        swarm.wait_task_answers(published)
+        with edgeproxy(static) as proxy:
+            assert not served() and "swarm" not in admin_json(admin)
+            proxy.write_config(discovered)
+            proxy.send(signal.SIGHUP)
+            servers_logged(proxy, "app", lambda s: s == [f"127.0.0.1:{published} up"])
+            deadline = time.monotonic() + 10
+            while not served():
+                assert time.monotonic() < deadline, proxy.log()[-3000:]
+                time.sleep(0.1)
+            assert admin_json(admin)["swarm"]["up"] is True
+            assert metric(scrape(admin), "edgeproxy_swarm_up") == 1
+
+            proxy.write_config(static)
+            proxy.send(signal.SIGHUP)
+            proxy.wait_log(lambda r: r.get("msg", "").startswith("swarm: discovery stopped"))
+            proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded" and r.get("digest") is not None)
+            assert "swarm" not in admin_json(admin)
+            assert not any(name.startswith("edgeproxy_swarm_") for name, _ in scrape(admin))
+            deadline = time.monotonic() + 10
+            while served():
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        swarm.docker("service", "rm", "hup", check=False)
