@@ -129,6 +129,7 @@ class Scenario:
         assert self.proxy.config is before
         assert await asyncio.to_thread(exchange, self.port) == b"hello"
         assert set(self.proxy.dataplane.contexts) == {"front"}
+        assert set(self.proxy.registry.pools) == {"app"}
         assert [s.name for s in self.proxy.registry.pools["app"].servers] == [self.server.address]
 
 
@@ -152,6 +153,7 @@ def test_a_failure_at_any_step_leaves_the_running_configuration_whole(
                     {"name": "second", "bind": f"127.0.0.1:{second}", "mode": "tcp", "backend": "app"}
                 )
                 good["backends"]["app"]["servers"] = [b.address]
+                good["backends"]["extra"] = {"health": {"type": "none"}, "servers": [b.address]}
                 good["log"]["access"] = str(tmp_path / "access-2.log")
 
                 # 1. the file: not YAML at all
@@ -196,6 +198,7 @@ def test_a_failure_at_any_step_leaves_the_running_configuration_whole(
 
                 # 7. a good reload after all that
                 good["listeners"].pop()
+                del good["backends"]["extra"]
                 sc.write(good)
                 assert await proxy.reload() is True
                 assert proxy.reloads.success == 1 and set(proxy.dataplane.contexts) == {"front"}
