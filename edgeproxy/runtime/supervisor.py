@@ -90,6 +90,7 @@ class Supervisor(ControlRole):
         self._backoff: dict[int, float] = {}
         self._reaping: set[asyncio.Task[None]] = set()
         self._acks: list[asyncio.Future[Message]] = []  # workers' answers to commit or abort
+        self._spawned = False  # the first workers are spawned by the start's transaction
         # A worker (re)started while a reload is under way would get the old file: one at a time.
         self._config_lock = asyncio.Lock()
         registry.subscribe(self._registry_changed)
@@ -107,7 +108,8 @@ class Supervisor(ControlRole):
         self._push(full=True)
 
     async def _prepare_serving(self, new: Config, raw: bytes) -> Staged:
-        if not self.workers:  # the start: spawn them (they get the file and the sockets)
+        if not self._spawned:  # the start: spawn them (they get the file and the sockets)
+            self._spawned = True
             handles = await asyncio.gather(*(self._spawn(i) for i in range(1, new.workers + 1)))
             failed = [h for h in handles if not h.ready]
             if failed:
