@@ -51,6 +51,8 @@ class Worker:
         self.dataplane = dataplane
         self.started = False
         self.pending: Transaction | None = None  # a prepared reload, waiting for commit or abort
+        self._preparing = False
+        self._abort_prepared = False  # an abort came while the prepare was still running
         self.queue: asyncio.Queue[Message] = asyncio.Queue()  # config, prepare and stop, in order
         self.interrupts = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -71,6 +73,8 @@ class Worker:
         elif op in ("commit", "abort"):
             # Sent once this worker answered the prepare, so it is here; handled at once, in
             # order with the registry updates that follow it; answered once it took effect.
+            if op == "abort" and self.pending is None and self._preparing:
+                self._abort_prepared = True  # the supervisor gave up waiting: drop it once built
             self._finish_pending(op == "commit")
             task = asyncio.ensure_future(self._settled(msg))
             self._tasks.add(task)
@@ -114,6 +118,7 @@ class Worker:
     async def prepare(self, msg: Message) -> None:
         """``config`` (the start: prepared and committed at once) or ``prepare`` (a reload)."""
         self._finish_pending(False)
+        self._preparing, self._abort_prepared = True, False
         try:
             config = per_worker(reload.parse(str(msg["raw"]).encode(), str(msg["path"])))
             tx = await self._prepare(config)
@@ -122,7 +127,13 @@ class Worker:
             if not self.started:
                 raise SystemExit(1) from None
             return
+        finally:
+            self._preparing = False
         if msg["op"] == "prepare":
+            if self._abort_prepared:
+                tx.abort()
+                self.channel.reply(msg, ok=False, error="aborted while preparing")
+                return
             self.pending = tx
             self.channel.reply(msg, ok=True)
             return
