@@ -26,6 +26,8 @@ RULES: dict[str, tuple[str, set[str]]] = {
     "balance": ("only", {"stats"}),
     "pools": ("only", {"balance", "config", "proto", *LEAF}),
     "net": ("never", {"runtime", "admin", "discovery", "health", "cli", "demo", "main"}),
+    # certificates are built by the control plane and used by net/: neither of those comes first
+    "tls": ("never", {"net", "runtime", "admin", "discovery", "health", "cli", "demo", "main"}),
     **{d: ("never", {"runtime", "cli", "demo", "main", *(DOMAIN - {d})}) for d in DOMAIN},
 }
 
