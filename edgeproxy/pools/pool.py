@@ -1,5 +1,5 @@
-"""Backend pools: the live server sets that `net` picks from and that discovery, health checks
-and reloads update in place.
+"""A backend pool: the live server set of one backend, which `net` picks from and which the
+registry (pools/registry.py) updates in place for discovery, health checks and reloads.
 
 A pool's servers come from two sources, static (`servers:` in the config) and swarm discovery;
 both are merged by (host, port) so a server keeps its health state and counters when a reload

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeproxy.admin.metrics import Family, merge, render
+from edgeproxy.metrics import Family, merge, render
 from edgeproxy.stats import Histogram
 
 
