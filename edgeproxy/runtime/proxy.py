@@ -186,6 +186,9 @@ class Proxy:
         except ConfigError as e:
             self._reload_failed([str(i) for i in e.issues])
             return False
+        except Exception as e:  # whatever goes wrong reading the file, the old config keeps serving
+            self._reload_failed([str(ConfigIssue(path, 1, "", f"cannot load: {e!r}"[:500]))])
+            return False
         return await self.apply(new, raw)
 
     async def apply(self, new: Config, raw: bytes) -> bool:

@@ -91,11 +91,14 @@ class Worker:
             await self.configure(msg)
 
     async def configure(self, msg: Message) -> None:
-        raw = str(msg["raw"]).encode()
         try:
+            raw = str(msg["raw"]).encode()
             config = per_worker(parse_config(raw, str(msg["path"])))
         except ConfigError as e:  # cannot happen for bytes the supervisor validated; say so if it does
             self.channel.reply(msg, ok=False, error="; ".join(map(str, e.issues)))
+            return
+        except Exception as e:  # nor this; but a worker that stops here takes its listeners with it
+            self.channel.reply(msg, ok=False, error=f"cannot load the configuration: {e!r}"[:500])
             return
         if self.proxy is None:
             self.proxy = Proxy(config, role="worker", sockets=self.sockets)
