@@ -101,7 +101,9 @@ def parse_address(text: str, *, allow_hostname: bool = False, default_host: str 
             try:
                 host = str(ipaddress.IPv4Address(host))
             except ValueError:
-                if not allow_hostname or not _HOSTNAME.fullmatch(host):
+                # A name whose last label is all digits (256.0.0.1, 1) is a mistyped address,
+                # not a host name (RFC 1123 2.1): DNS would only fail later, server by server.
+                if not allow_hostname or not _HOSTNAME.fullmatch(host) or host.rpartition(".")[2].isdigit():
                     raise ValueError(f"invalid address {clip(text)}: {clip(host)} is not an IP address") from None
     # [0-9], not str.isdigit(): that is true for '²', which int() refuses.
     if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
