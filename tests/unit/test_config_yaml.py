@@ -176,6 +176,8 @@ backends:
         ("a: 1\nb: \ufffe\n".encode(), "t.yaml:2: U+FFFE (not a character a YAML file may contain)"),
         (b"\xff\xfel\x00", "t.yaml:1: not UTF-8 text"),  # UTF-16
         (b"a: [\n", "t.yaml:2: YAML syntax error: expected the node content, but found '<stream end>'"),
+        (b"a: 1\nb:\t2\n", "t.yaml:2: U+0009 (a tab: indent and separate with spaces) at offset 7"),
+        (b"a: 1\n# a\tcomment\n", "t.yaml:2: U+0009 (a tab"),
         (b"a: b\n---\nc: d\n", "t.yaml:2: a second YAML document (---): the file must hold one"),
         (b"a: *nowhere\n", "t.yaml:1: alias *nowhere is not defined before this point"),
         (b"&a [*a]\n", "t.yaml:1: alias *a is not defined before this point (or contains itself)"),
