@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -108,6 +109,14 @@ def _describe(node: Node) -> str:
     return tag + clip(node.value)
 
 
+def _unprintable(text: str) -> str:
+    """What the first character that does not print is, for a message."""
+    ch = next(c for c in text if not c.isprintable())
+    kinds = {"Cs": "a lone surrogate", "Cc": "a control character", "Zl": "a line break", "Zp": "a line break"}
+    what = "a line break" if ch in "\r\n" else kinds.get(unicodedata.category(ch), "an invisible character")
+    return f"U+{ord(ch):04X} ({what})"
+
+
 def _is_word(node: Node, words: tuple[str, ...]) -> bool:
     return isinstance(node, Scalar) and node.kind in ("plain", "bool") and node.value.lower() in words
 
@@ -148,7 +157,7 @@ class _Reader:
         if not isinstance(node, Scalar):
             raise self.fail(node, path, f"a key must be a name, got {_describe(node)}")
         if not node.value.isprintable():
-            raise self.fail(node, path, f"the key {clip(node.value)} contains characters that are not printable")
+            raise self.fail(node, path, f"the key {clip(node.value)} contains {_unprintable(node.value)}")
         return node.value
 
     def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node]:
@@ -158,6 +167,8 @@ class _Reader:
             if key not in allowed:
                 hint = self.hint(key, allowed)
                 did = f" (did you mean '{hint}'?)" if hint else f" (known: {', '.join(allowed)})"
+                if key == "<<":
+                    did = ": YAML merge keys are not supported, write the keys out (anchors work)"
                 self.error(key_node, sub, f"unknown key {clip(key)}{did}")
                 continue
             out[key] = value_node
@@ -203,10 +214,7 @@ class _Reader:
         if not value:
             raise self.fail(node, path, "must not be empty")
         if not value.isprintable():
-            bad = next(ch for ch in value if not ch.isprintable())
-            raise self.fail(
-                node, path, f"{clip(value)} contains U+{ord(bad):04X}: control characters and line breaks are refused"
-            )
+            raise self.fail(node, path, f"{clip(value)} contains {_unprintable(value)}: not allowed in a value")
         return value
 
     def integer(self, node: Node, path: str, lo: int, hi: int) -> int:

@@ -200,7 +200,7 @@ def test_both_parsers_agree_on_a_surrogate_escape() -> None:
         with pytest.raises(ConfigError) as e:
             parse_config(text, "t.yaml", libyaml=libyaml)
         assert str(e.value) == (
-            "t.yaml:3: listeners[0].name: 'a\\ud800b' contains U+D800: control characters and line breaks are refused"
+            "t.yaml:3: listeners[0].name: 'a\\ud800b' contains U+D800 (a lone surrogate): not allowed in a value"
         )
 
 
@@ -229,6 +229,24 @@ backends:
   b: {health: *h, servers: ["127.0.0.1:9001"]}
 """)
     assert cfg.backends["b"].health == cfg.backends["a"].health and cfg.backends["b"].health.interval == 5
+
+
+def test_values_and_keys_hold_only_printable_text() -> None:
+    base = BASE.format(extra="")
+    for escape, what in (
+        ("\\n", "U+000A (a line break)"),
+        ("\\x1b", "U+001B (a control character)"),
+        ("\\u200b", "U+200B (an invisible character)"),
+    ):
+        err = one_error(base.replace("name: web", f'name: "a{escape}b"'))
+        assert f"listeners[0].name: 'a{escape}b' contains {what}: not allowed in a value" in err, err
+    err = one_error(base.replace("backends:", 'backends:\n  "x\\ud800": {}'))
+    assert "t.yaml:7: backends: the key 'x\\ud800' contains U+D800 (a lone surrogate)" in err, err
+
+
+def test_merge_keys_say_so() -> None:
+    err = one_error(with_backend(**{"<<": "{retries: 3}"}))
+    assert "backends.app.<<: unknown key '<<': YAML merge keys are not supported" in err, err
 
 
 def test_alias_as_a_key_is_refused() -> None:
