@@ -315,15 +315,15 @@ def yaml_cases() -> Iterator[tuple[str, bytes]]:
         base.replace(
             b"backend: app\n",
             b"backend: app\n    mode: http\n    routes:\n"
-            + b"".join(b"      - {host: h%d, backend: nope%d}\n" % (i, i) for i in range(5000)),
+            + b"".join(b"      - {host: h%d, backend: nope%d}\n" % (i, i) for i in range(1500)),
         ),
     )
     yield "big-with-error-at-end", big_config() + b"typo: 1\n"
     yield "windows-1252-quote", base.replace(b"front", b"\x93front\x94")
 
 
-def big_config(backends: int = 3000) -> bytes:
-    """~400 KB: many backends, one listener; valid on its own."""
+def big_config(backends: int = 1000) -> bytes:
+    """~75 KB: many backends, one listener; valid on its own."""
     out = [render(BASE)]
     for i in range(backends):
         out.append(f"  b{i}:\n    health: {{type: none}}\n    servers: [10.{i // 250}.{i % 250}.1:80, 10.0.0.2:80]\n")
