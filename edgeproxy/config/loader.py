@@ -52,7 +52,7 @@ from edgeproxy.config.values import (
     parse_network,
     printable,
 )
-from edgeproxy.config.yamltree import Map, Node, Scalar, Seq, YamlError, read_tree
+from edgeproxy.config.yamltree import MAX_BYTES, Map, Node, Scalar, Seq, YamlError, read_tree
 
 T = TypeVar("T")
 
@@ -650,7 +650,7 @@ def load_config(path: str) -> Config:
     """Read and validate ``path``; raise ``ConfigError`` listing every problem."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_BYTES + 1)  # not all of /dev/zero: read_tree refuses more than MAX_BYTES
     except OSError as e:
         raise ConfigError([ConfigIssue(path, 1, "", f"cannot read: {e.strerror or e}")]) from None
     return parse_config(raw, path)

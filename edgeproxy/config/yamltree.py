@@ -112,7 +112,7 @@ def show_char(ch: str) -> str:
 def read_tree(raw: bytes, *, libyaml: bool | None = None) -> Tree:
     """Decode, check and parse ``raw``; raise ``YamlError`` when it is not YAML we can read."""
     if len(raw) > MAX_BYTES:
-        raise YamlError(Problem(1, f"the file is {len(raw)} bytes: larger than {MAX_BYTES} is refused"))
+        raise YamlError(Problem(1, f"the file is larger than {MAX_BYTES} bytes (8 MiB): refused"))
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
