@@ -6,11 +6,13 @@ with bytes, text, and YAML generated from the schema with valid and hostile valu
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgeproxy.config.values import _is_dotted_quad
 from fuzz.harness_config import test_one_input as loader_contract
 from tests.data.configs.make_corpus import inline, render
 
@@ -104,3 +106,13 @@ def test_yaml_from_the_schema_with_hostile_values(tree: dict[str, Any], flow: bo
 @given(st.lists(st.sampled_from([*HOSTILE, "listeners:", "  - ", "backends:", "    ", ": ", "\n", "[", "]", "{", ","])))
 def test_yaml_token_soup(tokens: list[str]) -> None:
     loader_contract("".join(tokens).encode())
+
+
+@SETTINGS
+@given(st.text(alphabet="0123456789.x \u0661", max_size=20) | st.ip_addresses(v=4).map(str))
+def test_the_fast_ipv4_check_agrees_with_ipaddress(text: str) -> None:
+    try:
+        canonical = str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        canonical = False
+    assert _is_dotted_quad(text) == canonical
