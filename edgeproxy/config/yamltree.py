@@ -126,8 +126,7 @@ def read_tree(raw: bytes, *, libyaml: bool | None = None) -> Tree:
         else:
             what = "a control character" if ord(ch) < 0xA0 else "not a character a YAML file may contain"
         raise YamlError(Problem(line_of(text, bad.start()), f"{show_char(ch)} ({what}) at offset {bad.start()}"))
-    use_c = have_libyaml() if libyaml is None else libyaml
-    if use_c:
+    if have_libyaml() and libyaml is not False:
         try:
             return _Composer(yaml.CSafeLoader, text).run()
         except YamlError:
