@@ -338,3 +338,18 @@ def test_check_never_prints_a_traceback(tmp_path: Path) -> None:
         lines = proc.stderr.splitlines()
         assert all(ln.startswith(f"{path}:") for ln in lines), lines
         assert re.match(rf"{re.escape(str(path))}:[0-9]+: ", lines[0]) and lines[-1].endswith("configuration NOT valid")
+
+
+def test_the_one_known_difference_between_the_parsers() -> None:
+    """Found by the atheris harness: PyYAML's pure-Python scanner ends a flow plain scalar at '?',
+    libyaml does not. Only this direction is allowed (README "YAML rules")."""
+    from edgeproxy.config.yamltree import have_libyaml
+
+    text = BASE.format(extra="").replace("log: {access: stderr}", "log: {acce?s: stderr}").encode()
+    with pytest.raises(ConfigError) as pure:
+        parse_config(text, "t.yaml", libyaml=False)
+    assert str(pure.value) == "t.yaml:1: YAML syntax error: expected ',' or '}', but got '?'"
+    if have_libyaml():
+        with pytest.raises(ConfigError) as fast:
+            parse_config(text, "t.yaml", libyaml=True)
+        assert str(fast.value) == "t.yaml:1: log.acce?s: unknown key 'acce?s' (did you mean 'access'?)"
