@@ -13,8 +13,9 @@ recursion, and build the tree ourselves: iteratively, with a nesting limit, with
 (never copied) and their expansion bounded, and with tags checked, never constructed (nothing
 is ever executed, whatever ``!!python/...`` says). The events come from libyaml when PyYAML has
 it (a 1 MB file loads in 0.9 s, 4.8 s with the pure-Python parser, 9.6 s with yaml.compose:
-benchmarks/config_reload.py), from the pure-Python parser otherwise. When libyaml refuses a file, the pure-Python parser reads it
-again and its verdict is the one reported, so the messages do not depend on how PyYAML was built.
+benchmarks/config_reload.py), from the pure-Python parser otherwise. When libyaml refuses a file,
+the pure-Python parser reads it again and its verdict is the one reported, so the messages do not
+depend on how PyYAML was built.
 """
 
 from __future__ import annotations
