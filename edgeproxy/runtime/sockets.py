@@ -74,8 +74,8 @@ class SocketSet:
                     self.sockets[key] = bind_socket(key)
                     added.append(key)
         except OSError as e:
-            for key in added:
-                self.sockets.pop(key).close()
+            for done in added:  # not `key`: that one names the address that failed
+                self.sockets.pop(done).close()
             proto, host, port = key
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise OSError(e.errno, f"cannot bind {proto} {where}: {e.strerror}") from None
