@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from edgeproxy.balance import Server
     from edgeproxy.net.context import ListenerContext
-    from edgeproxy.runtime.pools import BackendPool
+    from edgeproxy.pools import BackendPool
 
 LINGER_SECONDS = 2.0
 INF = float("inf")

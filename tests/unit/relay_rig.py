@@ -15,7 +15,7 @@ from edgeproxy.net.context import ListenerContext
 from edgeproxy.net.http_relay import STATE_NAMES, HttpConnection
 from edgeproxy.net.http_upstream import UpstreamConn
 from edgeproxy.net.upstream_pool import IdlePool
-from edgeproxy.runtime.pools import BackendPool
+from edgeproxy.pools import BackendPool
 from tests.unit.fakes import FakeLoop, FakeTransport
 
 TIMEOUTS = Timeouts(connect=5.0, client_idle=60.0, server_idle=30.0, http_request=10.0, drain=5.0)

@@ -494,7 +494,7 @@ def test_tcp_trusted_peer_that_connects_and_closes_leaves_no_warning() -> None:
 
 def test_connection_keeps_the_timeouts_it_started_with() -> None:
     rig = Rig()
-    rig.ctx.update(rig.ctx.listener, Timeouts(http_request=1.0), rig.ctx.pools)
+    rig.ctx.update(rig.ctx.listener, Timeouts(http_request=1.0))
     rig.loop.advance(2)
     assert not rig.client.closed  # a reload changes new connections only
     fresh = HttpConnection(rig.ctx, rig.idle)
