@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -20,14 +21,17 @@ from typing import Any, TypeVar, cast
 import yaml
 
 from edgeproxy.config.model import (
+    ACME_SWARM_STORAGE,
     FORWARDED_HEADERS,
     AcceptProxy,
+    AcmeConfig,
     AdminConfig,
     Backend,
     Config,
     Forwarded,
     Health,
     Listener,
+    ListenerTLS,
     LogConfig,
     Route,
     ServerConfig,
@@ -213,7 +217,7 @@ class _Reader:
 
 
 # ---------------------------------------------------------------------------------------------
-_TOP_KEYS = ("admin", "workers", "log", "timeouts", "listeners", "backends", "swarm")
+_TOP_KEYS = ("admin", "workers", "log", "timeouts", "listeners", "backends", "swarm", "acme")
 _LISTENER_KEYS = (
     "name",
     "bind",
@@ -224,6 +228,7 @@ _LISTENER_KEYS = (
     "forwarded",
     "max_connections",
     "max_datagram_size",
+    "tls",
 )
 _BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm")
 _HEALTH_KEYS = ("type", "interval", "timeout", "rise", "fall", "path", "expect", "port")
@@ -342,6 +347,7 @@ class _Builder:
             max_datagram_size=self.r.optional(
                 f, "max_datagram_size", path, lambda n, p: self.r.integer(n, p, 1, 65535), 65535
             ),
+            tls=self.r.optional(f, "tls", path, lambda n, p: _listener_tls(self.r, n, p), None),
         )
 
     def forwarded_headers(self, node: yaml.Node, path: str) -> tuple[str, ...]:
@@ -491,6 +497,63 @@ class _Builder:
         )
 
 
+_ACME_KEYS = ("directory", "email", "storage", "ca", "renew_before", "encryption_key")
+_HOST_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _listener_tls(r: _Reader, node: yaml.Node, path: str) -> ListenerTLS:
+    """``listeners[].tls``: ``acme`` only until TLS termination (issue 13) adds its keys here."""
+    f = r.mapping(node, path, ("acme",))
+    none: list[str] = []
+    names = r.optional(f, "acme", path, lambda n, p: r.each(n, p, _acme_name(r), scalar_ok=True), none)
+    return ListenerTLS(acme=tuple(dict.fromkeys(names)))
+
+
+def _acme_name(r: _Reader) -> Callable[[yaml.Node, str], str]:
+    def parse(node: yaml.Node, path: str) -> str:
+        name = r.text(node, path).lower().rstrip(".")
+        if name.startswith("*."):
+            raise r.fail(node, path, f"'{name}': a wildcard needs the DNS-01 challenge, which edgeproxy does not do")
+        labels = name.split(".")
+        if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+            raise r.fail(node, path, f"'{name}' is not a DNS name (letters, digits, '-', labels of 1-63)")
+        if labels[-1].isdigit():
+            raise r.fail(node, path, f"'{name}' is an IP address: ACME certificates here are for DNS names")
+        return name
+
+    return parse
+
+
+def _acme(r: _Reader, node: yaml.Node, path: str) -> AcmeConfig:
+    """The top-level ``acme:`` section."""
+    f = r.mapping(node, path, _ACME_KEYS)
+    d = AcmeConfig(directory="")
+    if "directory" not in f:
+        raise r.fail(node, path, "missing 'directory' (the ACME server's directory URL)")
+    directory = r.text(f["directory"], f"{path}.directory")
+    if not (directory.startswith("https://") or directory.startswith("http://")):
+        r.error(f["directory"], f"{path}.directory", f"'{directory}' is not an http(s) URL")
+    storage = r.optional(f, "storage", path, r.text, d.storage)
+    if storage != ACME_SWARM_STORAGE and not os.path.isabs(storage):
+        r.error(f.get("storage"), f"{path}.storage", f"'{storage}' must be an absolute directory path or 'swarm'")
+    encryption_key = r.optional(f, "encryption_key", path, r.text, None)
+    if storage == ACME_SWARM_STORAGE and encryption_key is None:
+        r.error(
+            f.get("storage"),
+            f"{path}.storage",
+            "storage: swarm needs 'encryption_key' (a file, e.g. the swarm secret /run/secrets/edgeproxy-acme-key: "
+            "private keys are kept encrypted in the swarm)",
+        )
+    return AcmeConfig(
+        directory=directory,
+        email=r.optional(f, "email", path, r.text, None),
+        storage=storage,
+        ca=r.optional(f, "ca", path, r.text, None),
+        renew_before=r.optional(f, "renew_before", path, r.duration, d.renew_before),
+        encryption_key=encryption_key,
+    )
+
+
 def _binds_clash(a: Address, b: Address) -> bool:
     """Would binding both fail? IPv6 wildcards are bound IPV6_V6ONLY, so [::] and 0.0.0.0 coexist."""
     if a.port != b.port or a.family != b.family:
@@ -555,6 +618,10 @@ def parse_config(raw: bytes, path: str = "<config>") -> Config:
     log = r.optional(top, "log", "", b.log, LogConfig())
     admin = r.optional(top, "admin", "", b.admin, None)
     workers = r.optional(top, "workers", "", b.workers, 1)
+    acme = r.optional(top, "acme", "", lambda n, p: _acme(r, n, p), None)
+    if acme is not None and acme.in_swarm and swarm is None:
+        need = "storage: swarm needs a top-level 'swarm:' section (which managers to ask)"
+        r.error(top["acme"], "acme.storage", need)
 
     # -- cross-references ------------------------------------------------------------------
     known = ", ".join(backends) or "none defined"
@@ -569,6 +636,8 @@ def parse_config(raw: bytes, path: str = "<config>") -> Config:
                 f"duplicate listener name '{lst.name}' (also listeners[{names[lst.name]}])",
             )
         names.setdefault(lst.name, i)
+        if lst.tls is not None and lst.tls.acme and acme is None and "acme" not in top:
+            r.error(fields["tls"], f"listeners[{i}].tls.acme", "needs a top-level 'acme:' section (directory, email)")
         refs: list[tuple[str, yaml.Node, str]] = []
         if lst.backend is not None:
             refs.append((lst.backend, fields["backend"], f"listeners[{i}].backend"))
@@ -628,6 +697,7 @@ def parse_config(raw: bytes, path: str = "<config>") -> Config:
         admin=admin,
         workers=workers,
         swarm=swarm,
+        acme=acme,
     )
 
 

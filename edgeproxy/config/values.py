@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}  # d: acme renew_before, hsts
 
 
 def parse_duration(text: str) -> float:
-    """``250ms``, ``5s``, ``2m``, ``1h`` -> seconds.
+    """``250ms``, ``5s``, ``2m``, ``1h``, ``30d`` -> seconds.
 
     A bare number is refused rather than guessed: HAProxy reads it as milliseconds, nginx as
     seconds, so either guess surprises half of our users.
