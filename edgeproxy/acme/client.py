@@ -240,7 +240,7 @@ def _errors(net: _Network) -> Iterator[None]:
     except errors.TimeoutError:
         raise AcmeError("the CA did not finish the order in time") from None
     except requests.RequestException as e:
-        raise AcmeError(f"cannot reach the CA: {_short(e)}") from None
+        raise AcmeError(f"cannot reach the CA: {_root_cause(e)}") from None
     except Exception as e:  # the library's other errors, and what its JSON decoding raises
         raise AcmeError(
             f"{type(e).__name__}: {_short(e)}", retry_after=parse_retry_after(net.last_retry_after)
@@ -264,6 +264,23 @@ def _validation_failures(e: errors.ValidationError) -> str:
     return "; ".join(parts) or "an authorization is invalid"
 
 
-def _short(e: BaseException) -> str:
+def _root_cause(e: BaseException) -> str:
+    """The innermost reason of a ``requests`` error ("[Errno 111] Connection refused"), not its
+    three nested wrappers."""
+    seen: set[int] = set()
+    inner: BaseException = e
+    while id(inner) not in seen:
+        seen.add(id(inner))
+        nxt = inner.__cause__ or inner.__context__ or (inner.args[0] if inner.args else None)
+        if not isinstance(nxt, BaseException):
+            break
+        inner = nxt
+    text = str(inner)
+    if "Errno" in text:  # urllib3 puts the OS error at the end: "...: [Errno 111] Connection refused"
+        text = text[text.index("[Errno") :].rstrip("')\"")
+    return f"{type(e).__name__}: {_short(text)}" if inner is e else _short(text)
+
+
+def _short(e: BaseException | str) -> str:
     text = str(e)
     return text if len(text) <= 300 else text[:300] + "..."
