@@ -168,11 +168,11 @@ class AcmeManager:
 
     async def close(self) -> None:
         tasks = [*self._tasks, *(m.task for m in self.managed.values() if m.task is not None)]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        while tasks:
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=1.0)  # a cancellation lost in a library is sent again
+            tasks = [t for t in tasks if not t.done()]
         await self.storage.close()
 
     @property
@@ -223,22 +223,21 @@ class AcmeManager:
                 continue
             wait = min(self.due(m), m.ari_next, now + self.settings.check_every) - now
             m.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(m.wake.wait(), max(0.05, wait))
+            await _wait(m.wake, max(0.05, wait))
 
     async def _attempt(self, m: _Managed) -> None:
         st = m.status
         started = time.monotonic()
-        st.last_attempt, st.by = self.clock(), self.settings.instance
         try:
             async with self.storage.lock(f"cert-{m.id}", self.settings.lock_lease) as lease:
                 if lease is None:
                     # Another edge node orders it: its certificate reaches us through the storage.
                     m.hold_until = self.clock() + min(self.settings.lock_lease, self.settings.refresh)
-                    log.info("acme: another instance is ordering; waiting for its certificate", certificate=m.id)
+                    log.debug("acme: another instance is ordering; waiting for its certificate", certificate=m.id)
                     return
                 if await self._adopt_from_storage(m) and self.due(m) > self.clock():
                     return  # another instance finished it just before we took the lock
+                st.last_attempt, st.by = self.clock(), self.settings.instance
                 cert = await self._order(m)
                 if lease.lost:
                     log.warning("acme: the lock was taken over during the order", certificate=m.id)
@@ -260,6 +259,8 @@ class AcmeManager:
 
     def _failed(self, m: _Managed, e: Exception, seconds: float) -> None:
         st = m.status
+        if st.last_attempt is None or st.last_attempt < self.clock() - seconds - 1:
+            st.last_attempt, st.by = self.clock(), self.settings.instance  # failed before the order began
         st.failures += 1
         retry_after = e.retry_after if isinstance(e, AcmeError) else None
         delay = self.settings.backoff.delay(st.failures, retry_after, self.rand)
@@ -424,8 +425,7 @@ class AcmeManager:
                 except StorageError as e:
                     self.storage_errors += 1
                     log.warning("acme: cannot read the shared storage; serving what is known", error=str(e))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self.settings.refresh)
+                await _wait(changed, self.settings.refresh)
         finally:
             listener.cancel()
 
@@ -457,6 +457,14 @@ class AcmeManager:
         board.add(len(self.board.http01), type="http-01")
         board.add(len(self.board.tls_alpn01), type="tls-alpn-01")
         return [orders, duration, expiry, due, failures, accounts, storage, board]
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` is set or ``timeout`` passes. Not ``asyncio.wait_for``: on Python 3.11 it
+    swallows a cancellation that arrives as the event is set, and a task would outlive ``close``."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 def _iso(t: float) -> str:
