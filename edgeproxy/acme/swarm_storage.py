@@ -80,7 +80,7 @@ class SwarmStorage:
         self,
         configs: SwarmConfigs,
         directory: str,
-        sealer: Sealer,
+        sealer: Sealer | None,
         instance: str,
         *,
         clock: Callable[[], float] = time.time,
@@ -135,7 +135,14 @@ class SwarmStorage:
                 if _newer(version, config_labels(c).get(L_VERSION, "")):
                     await self.configs.delete(str(c.get("ID", "")))
 
+    def _seal(self, plaintext: bytes, kind: str, ident: str) -> tuple[str, str]:
+        if self.sealer is None:
+            raise StorageError("no encryption key: this storage was opened to read certificates only")
+        return self.sealer.seal(plaintext, self._context(kind, ident)), self.sealer.key_id
+
     def _open(self, sealed: Any, kind: str, ident: str, labels: Mapping[str, str]) -> bytes:
+        if self.sealer is None:
+            return b""  # opened without the key (``edgeproxy certs`` on a host without the secret)
         if not isinstance(sealed, str):
             raise StorageError(f"{kind} {ident}: no sealed key")
         try:
@@ -143,8 +150,9 @@ class SwarmStorage:
         except SealError as e:
             other = labels.get(L_KEY_ID)
             if other and other != self.sealer.key_id:
+                ours = self.sealer.key_id
                 raise StorageError(
-                    f"{kind} {ident}: sealed with another encryption key (key id {other}, ours {self.sealer.key_id})"
+                    f"{kind} {ident}: sealed with another encryption key (key id {other}, ours {ours})"
                 ) from None
             raise StorageError(f"{kind} {ident}: {e}") from None
 
@@ -163,9 +171,9 @@ class SwarmStorage:
 
     async def save_account(self, account: Account) -> None:
         ident = email_slug(account.email)
-        sealed = self.sealer.seal(account.key_pem, self._context("acct", ident))
+        sealed, key_id = self._seal(account.key_pem, "acct", ident)
         data = {"directory": account.directory, "email": account.email, "uri": account.uri, "key": sealed}
-        await self._put("acct", ident, dumps(data), **{L_KEY_ID: self.sealer.key_id})
+        await self._put("acct", ident, dumps(data), **{L_KEY_ID: key_id})
 
     # -- certificates and statuses -------------------------------------------------------------
     async def load_certificates(self) -> dict[str, StoredCertificate]:
@@ -188,9 +196,9 @@ class SwarmStorage:
         return out
 
     async def save_certificate(self, cert: StoredCertificate) -> None:
-        sealed = self.sealer.seal(cert.key_pem, self._context("cert", cert.id))
+        sealed, key_id = self._seal(cert.key_pem, "cert", cert.id)
         data = {"names": list(cert.names), "chain": cert.chain_pem.decode("ascii"), "key": sealed}
-        await self._put("cert", cert.id, dumps(data), **{L_KEY_ID: self.sealer.key_id})
+        await self._put("cert", cert.id, dumps(data), **{L_KEY_ID: key_id})
 
     async def load_statuses(self) -> dict[str, CertStatus]:
         out: dict[str, CertStatus] = {}

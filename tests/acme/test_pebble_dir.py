@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +192,51 @@ async def test_renewal_of_short_lived_certificates(tmp_path: Path) -> None:
             durations = [m.last_duration for m in node.manager.managed.values()]
             print(f"\nrenewal: last order took {durations[0]:.2f} s")
             assert peb.count("POST /order-plz") == 3 and peb.count("POST /sign-me-up") == 1
+
+
+async def test_certs_command_shows_names_issuer_expiry_and_errors(pebble: Pebble, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    config = tmp_path / "edgeproxy.yaml"
+    config.write_text(
+        f"""
+listeners:
+  - name: https
+    bind: "127.0.0.1:{pebble.tlsalpn01_port}"
+    mode: http
+    backend: web
+    tls: {{acme: [a.test, never.test]}}
+backends:
+  web: {{servers: ["127.0.0.1:9"]}}
+acme: {{directory: "{pebble.directory}", email: ops@example.com, storage: "{store}", ca: "{pebble.ca}"}}
+"""
+    )
+    async with Node(pebble, store, ("http-01",), backoff=Backoff(base=60.0)) as node:
+        node.manager.want([["a.test"]])
+        await node.manager.start()
+        await wait_for(lambda: "a.test" in node.manager.certificates)
+        pebble.stop()
+        node.manager.want([["a.test"], ["never.test"]])
+        await wait_for(lambda: node.manager.managed["never.test"].status.failures >= 1)
+        await asyncio.sleep(0.2)  # the status is saved right after the failure is recorded
+
+    def certs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edgeproxy", "certs", "-c", str(config), *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    out = certs("--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["id"]: r for r in json.loads(out.stdout)["certificates"]}
+    a, never = rows["a.test"], rows["never.test"]
+    assert a["source"] == "acme" and a["names"] == ["a.test"] and "Pebble Intermediate CA" in a["issuer"]
+    assert a["not_after"] > time.time() + 86400 and a["last_error"] is None and a["last_success"]
+    assert "not_after" not in never and never["failures"] >= 1
+    assert never["last_error"].startswith("cannot reach the CA") and never["last_attempt"]
+    table = certs()
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert any(line.startswith("a.test ") and "Pebble Intermediate CA" in line for line in lines), lines
+    assert any(
+        line.startswith("never.test ") and "no certificate yet" in line and "cannot reach" in line for line in lines
+    )

@@ -19,9 +19,11 @@ import pytest
 from edgeproxy.acme.board import ChallengeBoard
 from edgeproxy.acme.client import AcmeClient
 from edgeproxy.acme.manager import AcmeManager, Settings
+from edgeproxy.acme.report import collect
 from edgeproxy.acme.sealed import Sealer
 from edgeproxy.acme.swarm_api import SwarmConfigs, config_data, config_labels
 from edgeproxy.acme.swarm_storage import L_CA, L_HOLDER, L_KIND, SwarmStorage
+from edgeproxy.config import parse_config
 from edgeproxy.discovery.docker_api import Endpoint
 from tests.acme_responder import Responder
 from tests.pebble import Pebble, running_pebble
@@ -109,6 +111,13 @@ def test_two_instances_one_order_answered_by_the_other(swarm: Swarm, pebble: Peb
             for c in await ours(a.storage):
                 data = config_data(c)
                 assert b"PRIVATE KEY" not in data  # keys are sealed
+            # `edgeproxy certs` on a host that cannot read the encryption key still lists them
+            report = await collect(parse_config(_config(swarm, pebble, "/nonexistent/key", names).encode()))
+            rows = {r["id"]: r for r in report["certificates"]}
+            assert set(rows) == set(names) and report["acme"]["storage"] == "swarm"
+            for n in names:
+                assert rows[n]["names"] == [n] and "Pebble Intermediate CA" in rows[n]["issuer"]
+                assert rows[n]["by"] == "node-a" and rows[n]["failures"] == 0 and rows[n]["last_error"] is None
             # a swarm that does not answer: both keep serving, the error is counted, then it recovers
             errors = b.manager.storage_errors
             swarm.pause()
@@ -188,3 +197,14 @@ async def _has(storage: SwarmStorage, kind: str) -> bool:
 
 async def _equal(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
+
+
+def _config(swarm: Swarm, peb: Pebble, key_file: str, names: list[str]) -> str:
+    return f"""
+listeners:
+  - {{name: https, bind: "127.0.0.1:{peb.tlsalpn01_port}", mode: http, backend: web, tls: {{acme: {names}}}}}
+backends:
+  web: {{servers: ["127.0.0.1:9"]}}
+swarm: {{managers: ["{swarm.url}"]}}
+acme: {{directory: "{peb.directory}", storage: swarm, encryption_key: "{key_file}", ca: "{peb.ca}"}}
+"""
