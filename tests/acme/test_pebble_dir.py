@@ -4,7 +4,6 @@ the challenge board by real servers on loopback, a restart that orders nothing, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import ssl
 import stat
@@ -22,7 +21,7 @@ from edgeproxy.acme.dir_storage import DirStorage
 from edgeproxy.acme.manager import AcmeManager, Settings
 from edgeproxy.acme.policy import Backoff
 from edgeproxy.tls.certificates import Certificate
-from tests.acme_responder import Responder
+from tests.acme_responder import Responder, memory_handshake
 from tests.pebble import Pebble, running_pebble
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,17 +71,7 @@ def verify_chain(peb: Pebble, cert: Certificate, name: str) -> None:
     from edgeproxy.tls.certificates import server_context
 
     ctx = ssl.create_default_context(cadata=peb.root_pem().decode())
-    server = server_context(cert)
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = ctx.wrap_bio(c_in, c_out, server_hostname=name)
-    srv = server.wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(10):
-        for side in (client, srv):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-    assert client.version() is not None, "handshake did not complete"
+    client = memory_handshake(ctx, server_context(cert), name)
     assert client.getpeercert()["subjectAltName"] == tuple(("DNS", n) for n in cert.names)
 
 
