@@ -7,14 +7,18 @@ SNI (``acme.answers.ChallengeContexts``), then handshakes over memory BIOs with 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
+import time
+from collections.abc import Callable
 from typing import cast
+
+import trustme
 
 from edgeproxy.acme.answers import HTTP01_CONTENT_TYPE, ChallengeContexts, http01_response
 from edgeproxy.acme.board import ChallengeBoard
 from edgeproxy.proto.proxy_protocol import NEED_DATA
 from edgeproxy.proto.tls_hello import ClientHelloReader, TlsHelloError
+from tests.unit.test_tls_certificates import handshake
 
 
 class Responder:
@@ -105,16 +109,33 @@ class _TlsAlpn(asyncio.Protocol):
             self.transport.close()  # the validation only looks at the certificate
 
 
-def memory_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, sni: str) -> ssl.SSLObject:
-    """A TLS handshake between two contexts over memory BIOs; the client's side, handshake done."""
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=sni)
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(10):
-        for side in (client, server):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-    assert client.version() is not None, "the handshake did not complete"
-    return client
+class _Trust:
+    """What ``tests.unit.test_tls_certificates.handshake`` asks of its CA: trust for the client."""
+
+    def __init__(self, cadata: str | None) -> None:
+        self.cadata = cadata
+
+    def configure_trust(self, ctx: ssl.SSLContext) -> None:
+        if self.cadata is not None:
+            ctx.load_verify_locations(cadata=self.cadata)
+
+
+def memory_handshake(
+    server_ctx: ssl.SSLContext, sni: str, *, cadata: str | None = None, alpn: tuple[str, ...] = ()
+) -> ssl.SSLObject:
+    """A full handshake with Python's client over memory BIOs (the TLS tests' helper), trusting
+    ``cadata`` (None: no verification, to inspect a self-signed certificate); the client's side."""
+    client: dict[str, object] = {}
+    if cadata is None:
+        client.update(check_hostname=False, verify_mode=ssl.CERT_NONE)
+    if alpn:
+        client["alpn"] = alpn
+    return handshake(server_ctx, cast(trustme.CA, _Trust(cadata)), sni, **client)
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll ``cond`` until true (generous deadlines: the machine may be loaded)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)

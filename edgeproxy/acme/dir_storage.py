@@ -90,14 +90,8 @@ class DirStorage:
 
     def _load_certificates(self) -> dict[str, StoredCertificate]:
         out: dict[str, StoredCertificate] = {}
-        try:
-            files = sorted(os.listdir(self.certs))
-        except FileNotFoundError:
-            return out
-        for f in files:
-            if not f.endswith(".crt"):
-                continue
-            cid = f[: -len(".crt")]
+        for cid in self._ids(".crt"):
+            f = cid + ".crt"
             chain = _read(os.path.join(self.certs, f))
             key = _read(os.path.join(self.certs, cid + ".key"))
             if chain is None or key is None:
@@ -111,6 +105,14 @@ class DirStorage:
             out[cid] = StoredCertificate(cid, names, chain, key, stored_at)
         return out
 
+    def _ids(self, suffix: str) -> list[str]:
+        """Certificate ids that have a ``<id><suffix>`` file."""
+        try:
+            files = sorted(os.listdir(self.certs))
+        except FileNotFoundError:
+            return []
+        return [f[: -len(suffix)] for f in files if f.endswith(suffix) and not f.startswith(".")]
+
     async def save_certificate(self, cert: StoredCertificate) -> None:
         def write() -> None:
             self._write(os.path.join(self.certs, cert.id + ".key"), cert.key_pem)
@@ -121,15 +123,11 @@ class DirStorage:
     async def load_statuses(self) -> dict[str, CertStatus]:
         def load() -> dict[str, CertStatus]:
             out: dict[str, CertStatus] = {}
-            try:
-                files = sorted(os.listdir(self.certs))
-            except FileNotFoundError:
-                return out
-            for f in files:
-                raw = _read(os.path.join(self.certs, f)) if f.endswith(".json") else None
+            for cid in self._ids(".json"):
+                raw = _read(os.path.join(self.certs, cid + ".json"))
                 if raw is not None:
                     with contextlib.suppress(StorageError):
-                        st = CertStatus.from_json(loads(raw, f))
+                        st = CertStatus.from_json(loads(raw, cid))
                         out[st.id] = st
             return out
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import stat
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from edgeproxy.acme.dir_storage import DirStorage
 from edgeproxy.acme.manager import AcmeManager, Settings
 from edgeproxy.acme.policy import Backoff
 from edgeproxy.tls.certificates import Certificate
-from tests.acme_responder import Responder, memory_handshake
+from tests.acme_responder import Responder, eventually, memory_handshake
 from tests.pebble import Pebble, running_pebble
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,20 +57,11 @@ class Node:
         await self.responder.close()
 
 
-async def wait_for(cond: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 def verify_chain(peb: Pebble, cert: Certificate, name: str) -> None:
     """The chain verifies up to pebble's root for ``name`` (a real TLS handshake, served from memory)."""
     from edgeproxy.tls.certificates import server_context
 
-    ctx = ssl.create_default_context(cadata=peb.root_pem().decode())
-    client = memory_handshake(ctx, server_context(cert), name)
+    client = memory_handshake(server_context(cert), name, cadata=peb.root_pem().decode())
     assert client.getpeercert()["subjectAltName"] == tuple(("DNS", n) for n in cert.names)
 
 
@@ -81,7 +71,7 @@ async def test_issuance(pebble: Pebble, tmp_path: Path, kind: ChallengeType) -> 
         node.manager.want([["a.test"], ["b.test"]])
         t0 = time.monotonic()
         await node.manager.start()
-        await wait_for(lambda: len(node.manager.certificates) == 2)
+        await eventually(lambda: len(node.manager.certificates) == 2)
         took = time.monotonic() - t0
         print(f"\n{kind}: 2 certificates in {took:.2f} s")
         for cid in ("a.test", "b.test"):
@@ -110,7 +100,7 @@ async def test_restart_reuses_storage(pebble: Pebble, tmp_path: Path) -> None:
     async with Node(pebble, store, ("http-01",)) as node:
         node.manager.want([["a.test"]])
         await node.manager.start()
-        await wait_for(lambda: "a.test" in node.manager.certificates)
+        await eventually(lambda: "a.test" in node.manager.certificates)
         first = node.manager.certificates["a.test"]
     # Files: 0600, in 0700 folders, no temporary file left.
     files = [p for p in store.rglob("*") if p.is_file()]
@@ -126,7 +116,7 @@ async def test_restart_reuses_storage(pebble: Pebble, tmp_path: Path) -> None:
         assert again.manager.certificates["a.test"].fingerprint == first.fingerprint
         # a new name orders with the stored account: no second registration
         again.manager.want([["a.test"], ["c.test"]])
-        await wait_for(lambda: "c.test" in again.manager.certificates)
+        await eventually(lambda: "c.test" in again.manager.certificates)
     assert pebble.count("POST /order-plz") == orders + 1
     assert pebble.count("POST /sign-me-up") == accounts
 
@@ -136,11 +126,11 @@ async def test_ca_down_keeps_certificates_and_backs_off(pebble: Pebble, tmp_path
     async with Node(pebble, tmp_path / "store", ("http-01",), backoff=backoff) as node:
         node.manager.want([["a.test"]])
         await node.manager.start()
-        await wait_for(lambda: "a.test" in node.manager.certificates)
+        await eventually(lambda: "a.test" in node.manager.certificates)
         held = node.manager.certificates["a.test"]
         pebble.stop()
         node.manager.want([["a.test"], ["down.test"]])
-        await wait_for(lambda: node.manager.managed["down.test"].status.failures >= 3, timeout=30)
+        await eventually(lambda: node.manager.managed["down.test"].status.failures >= 3, timeout=30)
         st = node.manager.managed["down.test"].status
         assert st.last_error is not None and st.last_error.startswith("cannot reach the CA"), st.last_error
         assert node.manager.certificates["a.test"] is held  # still served
@@ -148,10 +138,10 @@ async def test_ca_down_keeps_certificates_and_backs_off(pebble: Pebble, tmp_path
         assert stored["down.test"].failures >= 3 and stored["down.test"].last_error.startswith("cannot reach")  # type: ignore[union-attr]
         # back-off: 1 s, 2 s, 4 s, 4 s ... never a tight loop
         t_fail = st.last_attempt
-        await wait_for(lambda: node.manager.managed["down.test"].status.failures >= 4, timeout=30)
+        await eventually(lambda: node.manager.managed["down.test"].status.failures >= 4, timeout=30)
         assert node.manager.managed["down.test"].status.last_attempt - t_fail >= 3.5  # type: ignore[operator]
         pebble.start()  # a new pebble: it forgot our account; the manager registers the same key again
-        await wait_for(lambda: "down.test" in node.manager.certificates, timeout=30)
+        await eventually(lambda: "down.test" in node.manager.certificates, timeout=30)
         assert node.manager.managed["down.test"].status.failures == 0
         assert node.manager.registrations == 2
 
@@ -163,7 +153,7 @@ async def test_renewal_of_short_lived_certificates(tmp_path: Path) -> None:
         async with Node(peb, tmp_path / "store", ("http-01",)) as node:
             node.manager.want([["a.test"]])
             await node.manager.start()
-            await wait_for(lambda: len(node.got) >= 1)
+            await eventually(lambda: len(node.got) >= 1)
             first = node.got[0][1]
             t_first = time.time()
             seen_gap = False
@@ -202,10 +192,10 @@ acme: {{directory: "{pebble.directory}", email: ops@example.com, storage: "{stor
     async with Node(pebble, store, ("http-01",), backoff=Backoff(base=60.0)) as node:
         node.manager.want([["a.test"]])
         await node.manager.start()
-        await wait_for(lambda: "a.test" in node.manager.certificates)
+        await eventually(lambda: "a.test" in node.manager.certificates)
         pebble.stop()
         node.manager.want([["a.test"], ["never.test"]])
-        await wait_for(lambda: node.manager.managed["never.test"].status.failures >= 1)
+        await eventually(lambda: node.manager.managed["never.test"].status.failures >= 1)
         await asyncio.sleep(0.2)  # the status is saved right after the failure is recorded
 
     def certs(*args: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from edgeproxy.acme.swarm_api import SwarmConfigs, config_data, config_labels
 from edgeproxy.acme.swarm_storage import L_CA, L_HOLDER, L_KIND, SwarmStorage
 from edgeproxy.config import parse_config
 from edgeproxy.discovery.docker_api import Endpoint
-from tests.acme_responder import Responder
+from tests.acme_responder import Responder, eventually
 from tests.pebble import Pebble, running_pebble
 from tests.swarm.conftest import Swarm
 
@@ -70,13 +70,6 @@ class Node:
             await self.responder.close()
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
-
-
 async def ours(storage: SwarmStorage, kind: str | None = None) -> list[dict[str, object]]:
     labels = [f"{L_CA}={storage.ca}"] + ([f"{L_KIND}={kind}"] if kind else [])
     return await storage.configs.list(labels=labels)
@@ -93,7 +86,7 @@ def test_two_instances_one_order_answered_by_the_other(swarm: Swarm, pebble: Peb
             await wait_for_async(lambda: _holds_locks(a.storage, "node-a", 2))
             await b.start(names)
             t0 = time.monotonic()
-            await wait_for(lambda: len(a.manager.certificates) == 2 and len(b.manager.certificates) == 2)
+            await eventually(lambda: len(a.manager.certificates) == 2 and len(b.manager.certificates) == 2)
             print(
                 f"\nswarm: 2 names ordered by A, validated through B, served by both in {time.monotonic() - t0:.2f} s"
             )
@@ -122,7 +115,7 @@ def test_two_instances_one_order_answered_by_the_other(swarm: Swarm, pebble: Peb
             errors = b.manager.storage_errors
             swarm.pause()
             try:
-                await wait_for(lambda: b.manager.storage_errors > errors, timeout=30)
+                await eventually(lambda: b.manager.storage_errors > errors, timeout=30)
                 assert len(b.manager.certificates) == 2
             finally:
                 swarm.resume()
@@ -161,7 +154,7 @@ def test_dead_lock_holder_is_taken_over_after_its_lease(
         killed = time.time()
         b = await Node(swarm, pebble, key_file, "node-b", respond=True, lock_lease=lease).start(["k.test"])
         try:
-            await wait_for(lambda: "k.test" in b.manager.certificates, timeout=60)
+            await eventually(lambda: "k.test" in b.manager.certificates, timeout=60)
             took = time.time() - killed
             st = b.manager.managed["k.test"].status
             assert st.last_attempt is not None and st.by == "node-b"

@@ -138,11 +138,7 @@ def client_hello(sni: str | None, alpn: list[str]) -> ClientHello:
 
 
 def handshake(server: ssl.SSLContext, sni: str, alpn: list[str]) -> tuple[str | None, x509.Certificate]:
-    client_ctx = ssl.create_default_context()
-    client_ctx.check_hostname = False
-    client_ctx.verify_mode = ssl.CERT_NONE
-    client_ctx.set_alpn_protocols(alpn)
-    client = memory_handshake(client_ctx, server, sni)
+    client = memory_handshake(server, sni, alpn=tuple(alpn))
     der = client.getpeercert(binary_form=True)
     assert der is not None
     return client.selected_alpn_protocol(), x509.load_der_x509_certificate(der)
