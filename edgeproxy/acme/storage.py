@@ -17,11 +17,13 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from edgeproxy.acme.board import Challenge
-from edgeproxy.acme.client import Account
+
+if TYPE_CHECKING:  # not at run time: readers of stored data need not load the ACME library
+    from edgeproxy.acme.client import Account
 
 
 class StorageError(Exception):
