@@ -201,3 +201,36 @@ backends:
 swarm: {{managers: ["{swarm.url}"]}}
 acme: {{directory: "{peb.directory}", storage: swarm, encryption_key: "{key_file}", ca: "{peb.ca}"}}
 """
+
+
+def test_lock_lease_is_extended_while_held_and_lost_when_taken(swarm: Swarm, key_file: str) -> None:
+    directory = f"https://lease.test/{os.urandom(4).hex()}/dir"  # a storage of its own
+
+    def storage(instance: str) -> SwarmStorage:
+        configs = SwarmConfigs([Endpoint.parse(swarm.url)])
+        return SwarmStorage(configs, directory, Sealer.from_file(key_file), instance)
+
+    async def expires(s: SwarmStorage) -> float:
+        (lock,) = await ours(s, "lock")
+        return float(config_labels(lock)["edgeproxy.acme.expires"])
+
+    async def scenario() -> None:
+        a, b = storage("node-a"), storage("node-b")
+        async with a.lock("cert-x.test", 1.5) as held:
+            assert held is not None
+            first = await expires(a)
+            async with b.lock("cert-x.test", 1.5) as other:
+                assert other is None  # held and not expired
+            await asyncio.sleep(2.5)  # past the first lease: extended meanwhile (every 0.5 s)
+            assert await expires(a) > first + 1.5 and not held.lost
+            async with b.lock("cert-x.test", 1.5) as other:
+                assert other is None
+            # someone deletes it (as a taker-over does once it has expired): the holder learns it lost it
+            (lock,) = await ours(a, "lock")
+            await a.configs.delete(str(lock["ID"]))
+            await eventually(lambda: held.lost, timeout=10)
+        async with b.lock("cert-x.test", 1.5) as other:
+            assert other is not None  # free again
+        assert not await ours(a, "lock")
+
+    asyncio.run(scenario())
