@@ -39,6 +39,21 @@ def pebble(tmp_path: Path) -> Iterator[Pebble]:
         yield peb
 
 
+@pytest.fixture(autouse=True)
+def no_acme_configs(swarm: Swarm) -> Iterator[None]:
+    """Each test starts and ends with no ACME config in the session's swarm: a later pebble may get
+    an earlier one's port, hence its directory URL, hence its objects."""
+
+    def clean() -> None:
+        for c in swarm.api("/configs"):
+            if "edgeproxy.acme.kind" in (c.get("Spec", {}).get("Labels") or {}):
+                swarm.docker("config", "rm", c["ID"], check=False)
+
+    clean()
+    yield
+    clean()
+
+
 @pytest.fixture
 def key_file(tmp_path: Path) -> str:
     path = tmp_path / "edgeproxy-acme-key"
