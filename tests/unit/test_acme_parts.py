@@ -5,6 +5,7 @@ HTTP server on loopback (pebble 2.4 offers no renewalInfo)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import hashlib
@@ -13,6 +14,7 @@ import os
 import ssl
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,14 +31,15 @@ from hypothesis import strategies as st
 from edgeproxy.acme.answers import ChallengeContexts, http01_response
 from edgeproxy.acme.board import Challenge, ChallengeBoard
 from edgeproxy.acme.client import AcmeClient, parse_retry_after
-from edgeproxy.acme.dir_storage import write_atomic
-from edgeproxy.acme.keys import ID_PE_ACME_IDENTIFIER, tls_alpn_certificate
+from edgeproxy.acme.dir_storage import DirStorage, write_atomic
+from edgeproxy.acme.keys import ID_PE_ACME_IDENTIFIER, private_key_pem, tls_alpn_certificate
+from edgeproxy.acme.manager import AcmeManager, Settings
 from edgeproxy.acme.policy import Backoff, renewal_time
 from edgeproxy.acme.sealed import Sealer, SealError
-from edgeproxy.acme.storage import CertStatus, StorageError, ca_slug, cert_id
+from edgeproxy.acme.storage import CertStatus, StorageError, StoredCertificate, ca_slug, cert_id
 from edgeproxy.proto.proxy_protocol import NEED_DATA
 from edgeproxy.proto.tls_hello import ClientHello, read_client_hello
-from tests.acme_responder import memory_handshake
+from tests.acme_responder import eventually, memory_handshake
 
 H1 = Challenge("http-01", "a.test", "tok1", "tok1.thumb")
 A1 = Challenge("tls-alpn-01", "b.test", "tok2", "tok2.thumb")
@@ -291,8 +294,8 @@ def recorded_ca() -> Iterator[tuple[str, list[str]]]:
         srv.server_close()
 
 
-def ari_certificate() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
+def ari_certificate(key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+    key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.test")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -323,3 +326,31 @@ def test_renewal_information(recorded_ca: tuple[str, list[str]]) -> None:
     # the window is in the past: the policy renews at once, whatever renew_before says
     now = datetime.datetime.now(datetime.UTC).timestamp()
     assert renewal_time(now, now + 90 * DAY, 30 * DAY, lambda: 0.0, ari=when) == when < now
+
+
+def test_manager_renews_when_renewal_information_says_so(recorded_ca: tuple[str, list[str]], tmp_path: Path) -> None:
+    """A 90-day certificate, 30-day renew_before: not due for two months by our policy, but the CA's
+    renewal window (RFC 9773's example) is in the past, so the manager orders at once (the recorded
+    CA cannot issue: the attempt fails, is recorded and backed off)."""
+    directory, seen = recorded_ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain = ari_certificate(key)
+
+    async def scenario() -> AcmeManager:
+        storage = DirStorage(str(tmp_path), directory)
+        await storage.save_certificate(StoredCertificate("a.test", ("a.test",), chain, private_key_pem(key), 0.0))
+        manager = AcmeManager(AcmeClient(directory, timeout=5), storage, ChallengeBoard(), Settings())
+        manager.want([["a.test"]])
+        await manager.start()
+        try:
+            await eventually(lambda: manager.managed["a.test"].status.failures >= 1, timeout=30)
+        finally:
+            await manager.close()
+        return manager
+
+    manager = asyncio.run(scenario())
+    m = manager.managed["a.test"]
+    assert m.cert is not None and m.cert.not_after - time.time() > 80 * DAY  # still served
+    assert m.ari_when is not None and m.ari_when < time.time()
+    assert f"/acme/renewal-info/{ARI_PATH}" in seen
+    assert m.status.last_attempt is not None and m.status.next_attempt is not None  # tried, then backed off
