@@ -21,7 +21,7 @@ The connection is a state machine with one state variable (``state``):
     WAIT ─101─▶ TUNNEL;  WAIT ─server closed, no byte, idempotent─▶ CONNECTING (sent again)
     any ─error answer─▶ LINGER ─▶ CLOSED;  any ─close─▶ CLOSED
 
-Each state has one deadline (``_LIMITS`` and ``_FROM_ENTRY``: a limit counted from entering the
+Each state has one deadline (``_limits`` and ``_FROM_ENTRY``: a limit counted from entering the
 state or from the last byte either way), used both to arm the connection's single timer and,
 when it fires, to decide whether the deadline really passed (``_deadline``) and what it means
 (``_expire``). Empty lines before a request are head bytes: they start the head's clock, so a
@@ -585,8 +585,7 @@ class HttpConnection(asyncio.Protocol):
         self.status = parser.status
         self.response_s = now - self.sent_at
         if self.state == WAIT:  # (_enter(RESPONSE, now) inlined: see _dispatch)
-            self.state = RESPONSE
-            self.entered = now
+            self.state = RESPONSE  # (its clock is the last byte: last_activity, now)
             if now + self.limits[RESPONSE] < self.timer_at:
                 self._arm(now + self.limits[RESPONSE])
         if self.keep_alive and not parser.close and parser.framing != UNTIL_CLOSE:

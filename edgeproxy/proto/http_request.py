@@ -183,10 +183,9 @@ class RequestParser:
 
         host: bytes | None = None
         hosts = 0
-        content_length = 0
         chunked = False
         close = ka_token = upgrade_token = False
-        cl_lines = te_lines = 0
+        content_length = -1  # no Content-Length line (yet)
         framing_line = b""
         protocols: bytes | None = None  # the Upgrade value(s)
         forwarding = self.forwarding
@@ -210,8 +209,7 @@ class RequestParser:
             elif code >= XFF:
                 forwarding.append((code, lname, value.rstrip(b" \t")))
             elif code == CONTENT_LENGTH:
-                cl_lines += 1
-                if cl_lines > 1:
+                if content_length >= 0:
                     raise HttpError(400, "bad_request", "repeated Content-Length")
                 if not value.isdigit() or value[0] == 48:  # 48: "0"; "0" itself is rare
                     content_length = _canonical_length(value)
@@ -223,8 +221,7 @@ class RequestParser:
             elif code == TRANSFER_ENCODING:
                 if not v11:
                     raise HttpError(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
-                te_lines += 1
-                if te_lines > 1:
+                if chunked:
                     raise HttpError(400, "bad_request", "repeated Transfer-Encoding")
                 if value != b"chunked":
                     if value.rstrip(b" \t").lower() != b"chunked":
@@ -282,6 +279,8 @@ class RequestParser:
         else:
             self.path = b""  # computed on demand: only routing needs it
         self.host = host
+        if content_length < 0:
+            content_length = 0
         self.content_length = content_length
         self.chunked = chunked
         self.keep_alive = keep_alive
