@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.helpers import (
     Datagram,
     EdgeProxy,
@@ -82,6 +84,25 @@ def access_lines(proxy: EdgeProxy) -> list[dict[str, Any]]:
     return [r for r in proxy.log_lines() if "datagrams_in" in r]
 
 
+def closed_udp_port(host: str = "127.0.0.1") -> str:
+    """A server address where nothing listens: datagrams to it draw ICMP port unreachable."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return hostport(host, s.getsockname()[1])
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+
+
 def test_dns_two_clients_share_two_servers_and_each_flow_sticks() -> None:
     a, b = UdpBackend(dns_server("192.0.2.1")), UdpBackend(dns_server("192.0.2.2"))
     port = free_port(kind=socket.SOCK_DGRAM)
@@ -146,6 +167,7 @@ def test_send_proxy_v2_every_datagram_carries_the_client_address() -> None:
     backend.close()
 
 
+@needs_ipv6
 def test_ipv6_listener_and_server_with_proxy_v2() -> None:
     backend = UdpBackend(dns_server("192.0.2.6"), host="::1", expect_proxy=True)
     port = free_port("::1", kind=socket.SOCK_DGRAM)
@@ -242,3 +264,88 @@ def test_sigterm_lets_an_open_flow_get_its_reply_then_ends_it_as_drain() -> None
         (line,) = access_lines(proxy)
         assert (line["end"], line["datagrams_in"], line["datagrams_out"]) == ("drain", 2, 2)
     backend.close()
+
+
+# -- wildcard binds: the reply leaves from the address the client sent to --------------------------
+
+
+def test_wildcard_bind_replies_from_the_address_each_client_sent_to() -> None:
+    backend = UdpBackend(dns_server("192.0.2.5"), expect_proxy=True)
+    port = free_port("0.0.0.0", kind=socket.SOCK_DGRAM)
+    with edgeproxy(udp_config(port, [backend.address], host="0.0.0.0", send_proxy="v2")) as proxy:
+        asked: dict[tuple[str, int], set[str]] = {}
+        for i in range(4):
+            with udp_client(f"127.0.0.{41 + i}") as c:  # unconnected: recvfrom shows who answered
+                dests = [f"127.0.0.{9 + i}", f"127.0.0.{19 + i}"]  # one socket, two local addresses
+                for n, dest in enumerate(dests * 2):
+                    assert ask(c, port, 10 * i + n, host=dest) == "192.0.2.5"  # from (dest, port)
+                asked[c.getsockname()] = set(dests)
+    # A flow per (client, local address), and the PROXY destination is that local address (not
+    # 0.0.0.0), as the independent parser reads it.
+    assert len(backend.seen) == 16
+    seen: dict[tuple[str, int], set[str]] = {}
+    for d in backend.seen:
+        assert d.proxy is not None and d.proxy.protocol == socket.SOCK_DGRAM and d.proxy.dest[1] == port
+        seen.setdefault((str(d.proxy.source[0]), d.proxy.source[1]), set()).add(str(d.proxy.dest[0]))
+    assert seen == asked
+    assert len(access_lines(proxy)) == 8
+    backend.close()
+
+
+@needs_ipv6
+def test_ipv6_wildcard_bind_replies_from_and_reports_the_address_the_client_used() -> None:
+    backend = UdpBackend(dns_server("192.0.2.6"), host="::1", expect_proxy=True)
+    port = free_port("::", kind=socket.SOCK_DGRAM)
+    with edgeproxy(udp_config(port, [backend.address], host="::", send_proxy="v2")), udp_client("::1") as c:
+        assert ask(c, port, 8, host="::1") == "192.0.2.6"  # the reply came from [::1]:port
+        cport = c.getsockname()[1]
+    (d,) = backend.seen
+    assert d.proxy is not None
+    assert (str(d.proxy.source[0]), d.proxy.source[1]) == ("::1", cport)
+    assert (str(d.proxy.dest[0]), d.proxy.dest[1]) == ("::1", port)  # not [::]
+    backend.close()
+
+
+# -- a dead server costs no datagram ----------------------------------------------------------------
+
+
+def test_closed_ports_never_cost_a_fresh_client_its_first_query() -> None:
+    live = UdpBackend(dns_server("192.0.2.7"))
+    dead = [closed_udp_port(), closed_udp_port()]
+    port, admin = free_port(kind=socket.SOCK_DGRAM), free_port()
+    cfg = udp_config(port, [*dead, live.address], balance="roundrobin")  # retries: 2 (the default)
+    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
+    with edgeproxy(cfg) as proxy:
+        for n in range(12):
+            with udp_client(f"127.0.0.{41 + n}", timeout=1.0) as c:
+                assert ask(c, port, n) == "192.0.2.7"  # one try: answered within 1 s
+        m = scrape(admin)
+    # The first flow was refused by both closed ports in turn (roundrobin), its query re-sent each
+    # time; both were then held out, so later flows went straight to the live server.
+    refused = [r for r in proxy.log_lines() if r.get("msg") == "udp server refused (ICMP port unreachable)"]
+    assert sorted(r["server"] for r in refused) == sorted(dead)
+    assert all(r["resend"] == 1 for r in refused)
+    assert metric(m, "edgeproxy_listener_udp_refused_total", listener="dns") == 2
+    assert metric(m, "edgeproxy_listener_udp_dropped_total", listener="dns") == 0
+    lines = access_lines(proxy)
+    assert len(lines) == 12 and {r["server"] for r in lines} == {live.address}
+    assert sorted(r["moves"] for r in lines) == [0] * 11 + [2]
+    assert len(live.seen) == 12
+    live.close()
+
+
+def test_a_refused_datagram_is_not_resent_beyond_retries() -> None:
+    live = UdpBackend(dns_server("192.0.2.8"))
+    dead = closed_udp_port()
+    port, admin = free_port(kind=socket.SOCK_DGRAM), free_port()
+    cfg = udp_config(port, [dead, live.address], balance="roundrobin", retries=0)
+    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
+    with edgeproxy(cfg), udp_client("127.0.0.41", timeout=1.0) as c:
+        with pytest.raises(TimeoutError):
+            ask(c, port, 1)  # roundrobin's first pick is the closed port; retries: 0 re-sends nothing
+        assert ask(c, port, 2) == "192.0.2.8"  # the flow's next datagram goes to the live server
+        m = scrape(admin)
+    assert metric(m, "edgeproxy_listener_udp_refused_total", listener="dns") == 1
+    assert metric(m, "edgeproxy_listener_udp_dropped_total", listener="dns") == 1
+    live.close()
+
