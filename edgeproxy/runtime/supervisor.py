@@ -5,7 +5,9 @@ Design (nginx's master/worker model, with in-place reload):
   Unix socketpair; runtime/channel.py). All workers accept from the *same* socket, so there is
   one accept queue per address: when a worker exits, is killed or restarts, connections waiting
   in the queue are accepted by the others. (With SO_REUSEPORT each worker would own a queue, and
-  the connections queued on an exiting worker's socket would be reset.)
+  the connections queued on an exiting worker's socket would be reset.) UDP addresses are the
+  exception: each worker gets its own socket of a SO_REUSEPORT group steered by client address,
+  so one client's datagrams all reach one worker (runtime/udp_steering.py).
 - SIGHUP: the supervisor reads and validates the file once, binds any new address, then sends
   the new sockets and the file's bytes to every worker, which applies them in place (the same
   code as ``workers: 1``): open connections, including long ones, are not disturbed. The
@@ -38,7 +40,8 @@ from edgeproxy.log import iso_time, log
 from edgeproxy.runtime import labelsync, poolsync
 from edgeproxy.runtime.channel import Channel, ChannelClosed, Message
 from edgeproxy.runtime.proxy import Proxy
-from edgeproxy.runtime.sockets import SocketKey
+from edgeproxy.runtime.sockets import SocketKey, SocketSet
+from edgeproxy.runtime.udp_steering import UdpGroups
 
 START_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 30.0
@@ -71,7 +74,8 @@ class WorkerHandle:
 
 class Supervisor(Proxy):
     def __init__(self, config: Config) -> None:
-        super().__init__(config, role="supervisor")
+        super().__init__(config, role="supervisor", sockets=SocketSet(reuseport_udp=True))
+        self.udp_groups = UdpGroups()  # a UDP address: one socket per worker (runtime/udp_steering.py)
         self.workers: dict[int, WorkerHandle] = {}
         self.exited: Families = {}  # counters of workers that are gone, kept so totals never drop
         self.restarts_total = 0
@@ -134,6 +138,8 @@ class Supervisor(Proxy):
         assert h.channel is not None
         for key, sock in self.sockets.sockets.items():
             if key not in h.sent:
+                if key[0] == "udp":
+                    sock = self.udp_groups.member(key, sock, h.id - 1, self.config.workers)
                 h.channel.send({"op": "socket", "key": list(key)}, [sock])
                 h.sent.add(key)
 
@@ -187,6 +193,8 @@ class Supervisor(Proxy):
         self.raw = raw
         live = [h for h in self.workers.values() if h.channel is not None and not h.channel.closed]
         keys = set(self._socket_keys(new))
+        self.udp_groups.retain(keys)
+        self.udp_groups.resize(new.workers)
         for h in live:
             self._give_sockets(h)
             h.sent &= keys
@@ -269,6 +277,7 @@ class Supervisor(Proxy):
     async def stop_accepting(self) -> None:
         self.draining = True
         self.sockets.close()  # our copies; each worker closes its own before it answers
+        self.udp_groups.close()
         live = [h for h in self.workers.values() if h.channel is not None and not h.channel.closed]
         await asyncio.gather(*(self._request(h, {"op": "stop"}, 5.0) for h in live), return_exceptions=True)
         log.info(
@@ -300,6 +309,7 @@ class Supervisor(Proxy):
     def abort_start(self) -> None:
         for h in list(self.workers.values()):
             self._kill(h)
+        self.udp_groups.close()
         super().abort_start()
 
     def _exit_now(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from edgeproxy.runtime.udp_steering import steering_index
 from tests.helpers import (
     Datagram,
     EdgeProxy,
@@ -349,3 +350,39 @@ def test_a_refused_datagram_is_not_resent_beyond_retries() -> None:
     assert metric(m, "edgeproxy_listener_udp_dropped_total", listener="dns") == 1
     live.close()
 
+
+# -- workers: 2 ------------------------------------------------------------------------------------
+
+
+def test_two_workers_keep_each_client_on_one_worker_and_one_server() -> None:
+    a, b = UdpBackend(lambda q, _d: q), UdpBackend(lambda q, _d: q)  # echo
+    port = free_port("0.0.0.0", kind=socket.SOCK_DGRAM)
+    cfg = udp_config(port, [a.address, b.address], host="0.0.0.0", balance="roundrobin")
+    cfg["workers"] = 2
+    with edgeproxy(cfg) as proxy:
+        with udp_client("127.0.0.41", timeout=5.0) as c:
+            for n in range(200):  # all at once: both workers are awake for them
+                c.sendto(b"q%d" % n, ("127.0.0.9", port))
+            replies = [c.recvfrom(512) for _ in range(200)]
+            one = c.getsockname()
+        assert sorted(r[0] for r in replies) == sorted(b"q%d" % n for n in range(200))
+        assert {r[1] for r in replies} == {("127.0.0.9", port)}
+        clients = []
+        for i in range(16):
+            with udp_client(f"127.0.0.{50 + i}") as c:
+                c.sendto(b"x", ("127.0.0.1", port))
+                assert c.recvfrom(512) == (b"x", ("127.0.0.1", port))
+                clients.append(c.getsockname())
+    # One flow (one worker, one upstream socket, one server) had all 200 datagrams.
+    (line,) = [r for r in access_lines(proxy) if r["client"] == hostport(*one)]
+    assert (line["datagrams_in"], line["datagrams_out"], line["moves"]) == (200, 200, 0)
+    (server,) = [s for s in (a, b) if any(d.payload.startswith(b"q") for d in s.seen)]
+    assert len([d for d in server.seen if d.payload.startswith(b"q")]) == 200
+    assert len({d.peer for d in server.seen if d.payload.startswith(b"q")}) == 1
+    # Several clients spread over both workers, each exactly where the steering program puts it.
+    workers = {r["client"]: r["worker"] for r in access_lines(proxy)}
+    expected = {hostport(*c): steering_index(socket.AF_INET, 2, *c) + 1 for c in [one, *clients]}
+    assert workers == expected
+    assert set(workers.values()) == {1, 2}
+    a.close()
+    b.close()
