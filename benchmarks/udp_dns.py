@@ -1,6 +1,6 @@
 """UDP mode, DNS-sized: edgeproxy next to a bare uvloop relay and the client talking directly.
 
-    .venv/bin/python -m benchmarks.udp_dns [--rounds 3] [--pairs 20000] [--fresh 4000] [--send-proxy]
+    .venv/bin/python -m benchmarks.udp_dns [--rounds 3] [--pairs 20000] [--fresh 4000] [--send-proxy] [--wildcard]
     .venv/bin/python -m benchmarks.udp_dns --edgeproxy 'env PYTHONPATH=/other/tree python3 -m edgeproxy'
 
 Two figures per relay, both as CPU of the relay's process (utime+stime from /proc, steadier than
@@ -222,16 +222,17 @@ class Relay:
 
 
 def start_edgeproxy(
-    name: str, command: list[str], workdir: Path, server_port: int, send_proxy: bool, cpus: str | None
+    name: str, command: list[str], workdir: Path, server_port: int, args: argparse.Namespace, cpus: str | None
 ) -> Relay:
     port = free_udp_port()
+    host = "0.0.0.0" if args.wildcard else "127.0.0.1"
     cfg = {
         "log": {"access": "off", "level": "warning"},
         "timeouts": {"client_idle": f"{IDLE:g}s"},
         "listeners": [
-            {"name": "dns", "bind": f"127.0.0.1:{port}", "mode": "udp", "backend": "r", "max_connections": 100000}
+            {"name": "dns", "bind": f"{host}:{port}", "mode": "udp", "backend": "r", "max_connections": 100000}
         ],
-        "backends": {"r": {"servers": [f"127.0.0.1:{server_port}"], "send_proxy": "v2" if send_proxy else "none"}},
+        "backends": {"r": {"servers": [f"127.0.0.1:{server_port}"], "send_proxy": "v2" if args.send_proxy else "none"}},
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -258,6 +259,7 @@ def main() -> int:
     ap.add_argument("--fresh", type=int, default=4000, help="fresh: queries (flows) per round; 0 skips")
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--send-proxy", action="store_true", help="edgeproxy adds a PROXY v2 header to each datagram")
+    ap.add_argument("--wildcard", action="store_true", help="edgeproxy binds 0.0.0.0 (replies with IP_PKTINFO)")
     ap.add_argument(
         "--edgeproxy",
         action="append",
@@ -292,7 +294,7 @@ def main() -> int:
         relays.append(Relay("bare-uvloop", bare_port, bare))
         for i, command in enumerate(commands):
             name = "edgeproxy" if len(commands) == 1 else f"edgeproxy-{i + 1}"
-            ep = start_edgeproxy(name, command, workdir, server_port, args.send_proxy, relay_cpus)
+            ep = start_edgeproxy(name, command, workdir, server_port, args, relay_cpus)
             assert ep.proc is not None
             procs.append(ep.proc)
             relays.append(ep)
@@ -303,7 +305,7 @@ def main() -> int:
         steady: dict[str, list[tuple[float, float]]] = {}  # name -> [(pairs/s, us/pair)]
         fresh: dict[str, list[tuple[float, float]]] = {}
         print(f"pairs={args.pairs} fresh={args.fresh} window={args.window} "
-              f"send_proxy={'v2' if args.send_proxy else 'none'}", flush=True)  # fmt: skip
+              f"send_proxy={'v2' if args.send_proxy else 'none'} wildcard={args.wildcard}", flush=True)  # fmt: skip
         for r in relays[2:]:
             print(f"{r.name}: {r.command}")
         for rnd in range(1, args.rounds + 1):

@@ -6,20 +6,18 @@ a UDP socket connected to that server, so a reply arriving there belongs to exac
 With ``send_proxy: v2`` every datagram to the server is prefixed by a PROXY v2 DGRAM header;
 src/dst never change within a flow, so the header is built once.
 
-Sockets, not transports. Every socket of a listener (its listening sockets and every flow's
-upstream socket) is in one epoll set of its own (``_Poller``), which the event loop watches as a
-single reader; each ready socket gives exactly one datagram per round, sent on at once with
-``send``/``sendto``/``sendmsg`` from one shared buffer (UDP never waits for the peer: a full
-socket buffer drops the datagram, and it is counted). The reasons, measured with
-benchmarks/udp_dns.py and given in the README:
-- a wildcard bind (``0.0.0.0:53``) must reply from the address the client sent to, which takes
-  ``recvmsg``/``sendmsg`` with IP_PKTINFO ancillary data (net/udp_pktinfo.py); asyncio's
-  datagram transport exposes neither;
-- a new flow's socket costs socket + connect + one epoll_ctl, synchronously, and its first
-  datagram leaves in the same callback; a datagram endpoint per flow (a task, a transport, a
-  loop handle each) cost several times that;
-- reading one datagram per ready socket and asking the set again never raises (an empty
-  ``poll`` returns ``[]``), where reading each socket until EAGAIN costs an exception per wake-up.
+Reading and writing, each choice measured with benchmarks/udp_dns.py (figures in the README):
+- A flow's upstream socket is a plain non-blocking socket (socket + connect, synchronous; its
+  first datagram leaves in the same callback) in the listener's epoll set (``_Poller``), which
+  the event loop watches as a single reader. A datagram endpoint per flow (a task, a
+  transport, a loop handle each) cost a fresh flow ~40 us more; an epoll_ctl is all ours costs.
+  Each ready socket gives one datagram per round and the set is asked again: an empty ``poll``
+  returns ``[]`` where reading a socket until EAGAIN costs a ~3 us exception per wake-up.
+- A listening socket bound to a specific address is read by uvloop's datagram transport (its C
+  loop reads every waiting datagram; its ``sendto`` is cheaper than a Python socket call).
+- A wildcard bind (``0.0.0.0:53``) must reply from the address the client sent to, which takes
+  ``recvmsg``/``sendmsg`` with IP_PKTINFO ancillary data (net/udp_pktinfo.py); no transport
+  exposes them, so that socket is in the epoll set too.
 
 No datagram lost to a dead server: until the flow's server first answers (and for at most
 ``timeouts.connect``), the flow keeps what it sent (up to ``KEEP_MAX`` datagrams). An ICMP port
@@ -49,7 +47,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from edgeproxy.balance import ServerState
 from edgeproxy.log import log
@@ -74,6 +72,7 @@ DRAIN_IDLE = 1.0  # after stop(): a flow quiet for this long has had its reply a
 _UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 _UP = ServerState.UP
 _EPOLLIN = select.EPOLLIN
+_DGRAM_NONBLOCK = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 
 
 @functools.lru_cache(maxsize=4096)
@@ -198,7 +197,7 @@ class UdpFlow:
         self.started = self.last_activity = now
 
     # -- client -> server --------------------------------------------------------------------------
-    def send(self, data: memoryview, now: float) -> None:
+    def send(self, data: bytes | memoryview, now: float) -> None:
         self.last_activity = now
         self.dgrams_in += 1
         self.bytes_in += len(data)
@@ -269,15 +268,15 @@ class UdpFlow:
 
     def _connect(self, server: Server, family: int, address: tuple[Any, ...], now: float) -> bool | None:
         try:
-            # The C socket type: the Python wrapper (socket.socket) costs ~2 us more per flow.
-            sock = _socket.socket(family, socket.SOCK_DGRAM)
+            # The C socket type, non-blocking from birth: the Python wrapper (socket.socket) and a
+            # setblocking() (one more syscall) cost ~3 us more per flow.
+            sock = _socket.socket(family, _DGRAM_NONBLOCK)
         except OSError as exc:
             self.ctx.stats.udp_errors += 1
             log.warning("udp upstream socket failed", server=server.name, error=exc.strerror or str(exc))
             self._let_go()
             return None
         try:
-            sock.setblocking(False)
             sock.connect(address)  # UDP: no packet, only the route and the peer are fixed
             fd = sock.fileno()
             self.owner.poller.add(fd, self._readable)
@@ -417,10 +416,17 @@ class UdpFlow:
         )
 
 
-class _Endpoint:
-    """One listening socket (a dup of the runtime's): finds the client's flow, or starts one."""
+class _Endpoint(asyncio.DatagramProtocol):
+    """One listening socket (a dup of the runtime's): finds the client's flow, or starts one.
 
-    __slots__ = ("fd", "flows", "local", "owner", "sock", "wildcard")
+    A specific address is read by uvloop's datagram transport: its C loop reads every waiting
+    datagram without an exception at the end, and its ``sendto`` skips the GIL dance of a
+    Python socket call (benchmarks/udp_dns.py: ~4 us a pair less than reading it from the
+    epoll set). A wildcard address needs recvmsg/sendmsg with IP_PKTINFO, which no transport
+    exposes: it is read from the listener's epoll set instead.
+    """
+
+    __slots__ = ("fd", "flows", "local", "owner", "sock", "transport", "wildcard")
 
     def __init__(self, owner: UdpListener, sock: socket.socket) -> None:
         self.owner = owner
@@ -430,32 +436,37 @@ class _Endpoint:
         self.local: tuple[str, int] = (local[0], local[1])
         self.wildcard = udp_pktinfo.is_wildcard(local[0])
         self.flows: dict[object, UdpFlow] = {}
+        self.transport: asyncio.DatagramTransport | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.sock.setblocking(False)
         if self.wildcard:
             udp_pktinfo.enable(self.sock)
-        self.owner.poller.add(self.fd, self._readable_wildcard if self.wildcard else self._readable)
+            self.owner.poller.add(self.fd, self._readable_wildcard)
+        else:
+            await self.owner.ctx.loop.create_datagram_endpoint(lambda: self, sock=self.sock)
 
-    def _readable(self) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
         owner = self.owner
         stats = owner.ctx.stats
-        limit = owner.ctx.listener.max_datagram_size
-        try:
-            n, addr = self.sock.recvfrom_into(owner.buf, limit + 1)
-        except BlockingIOError:
-            return
-        except OSError:
-            stats.udp_errors += 1
-            return
         stats.datagrams_in += 1
-        if n > limit:
+        if len(data) > owner.ctx.listener.max_datagram_size:
             stats.dropped_oversize += 1
             return
-        self._received(addr, addr, None, n)
+        try:
+            self._received(addr, addr, None, data)
+        except Exception as exc:  # a bug must not reach the transport: drop, count, say
+            owner.unexpected(exc)
+
+    def error_received(self, exc: Exception) -> None:
+        # e.g. ICMP unreachable for a reply to a client that went away: never fatal.
+        self.owner.ctx.stats.udp_errors += 1
 
     def _readable_wildcard(self) -> None:
-        """As ``_readable``, with the destination address of the datagram (IP_PKTINFO)."""
+        """A datagram and its destination address (IP_PKTINFO), from the listener's epoll set."""
         owner = self.owner
         stats = owner.ctx.stats
         limit = owner.ctx.listener.max_datagram_size
@@ -471,9 +482,9 @@ class _Endpoint:
             stats.dropped_oversize += 1
             return
         info = udp_pktinfo.destination(anc)
-        self._received((addr, info) if info is not None else addr, addr, info, n)
+        self._received((addr, info) if info is not None else addr, addr, info, owner.view[:n])
 
-    def _received(self, key: object, addr: Addr, info: bytes | None, n: int) -> None:
+    def _received(self, key: object, addr: Addr, info: bytes | None, data: bytes | memoryview) -> None:
         owner = self.owner
         now = time.monotonic()
         flow = self.flows.get(key)
@@ -484,12 +495,17 @@ class _Endpoint:
             flow = owner.new_flow(self, key, addr, info, now)
         else:
             owner.order.move_to_end(flow)
-        flow.send(owner.view[:n], now)
+        flow.send(data, now)
 
     def reply(self, data: memoryview, flow: UdpFlow) -> None:
         stats = self.owner.ctx.stats
+        transport = self.transport
         try:
-            if flow.cmsg is None:
+            if transport is not None:
+                # A copy: a transport may queue what it cannot send at once, and ``data`` is a
+                # view of the listener's buffer, which the next datagram overwrites.
+                transport.sendto(bytes(data), flow.addr)
+            elif flow.cmsg is None:
                 self.sock.sendto(data, flow.addr)
             else:
                 self.sock.sendmsg((data,), flow.cmsg, 0, flow.addr)
@@ -507,8 +523,11 @@ class _Endpoint:
         self.owner.maybe_finish()
 
     def close(self) -> None:
-        self.owner.poller.discard(self.fd)
-        self.sock.close()
+        if self.transport is not None:
+            self.transport.close()  # closes the dup it was given
+        else:
+            self.owner.poller.discard(self.fd)
+            self.sock.close()
 
 
 class UdpListener:
@@ -534,7 +553,7 @@ class UdpListener:
         for sock in self.sockets:
             # On a dup: closing it closes only the duplicate; the runtime owns the original.
             endpoint = _Endpoint(self, sock.dup())
-            endpoint.start()
+            await endpoint.start()
             self.endpoints.append(endpoint)
         self._schedule_sweep()
 

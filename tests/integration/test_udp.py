@@ -3,6 +3,7 @@ PROXY v2 headers parsed by the independent ``proxyprotocol`` package in the back
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
@@ -17,6 +18,7 @@ from tests.helpers import (
     Datagram,
     EdgeProxy,
     UdpBackend,
+    admin_json,
     edgeproxy,
     free_port,
     hostport,
@@ -386,3 +388,34 @@ def test_two_workers_keep_each_client_on_one_worker_and_one_server() -> None:
     assert set(workers.values()) == {1, 2}
     a.close()
     b.close()
+
+
+def client_steered_to(member: int, of: int, timeout: float) -> socket.socket:
+    """A client socket whose address the steering program maps to ``member`` of ``of``."""
+    for n in range(64):
+        c = udp_client(f"127.0.0.{41 + n}", timeout=timeout)
+        if steering_index(socket.AF_INET, of, *c.getsockname()) == member:
+            return c
+        c.close()
+    raise AssertionError("no client address maps to that member")
+
+
+def test_a_killed_worker_s_clients_wait_in_its_socket_and_are_answered_by_its_replacement() -> None:
+    backend = UdpBackend(dns_server("192.0.2.10"))
+    port, admin = free_port(kind=socket.SOCK_DGRAM), free_port()
+    cfg = udp_config(port, [backend.address])
+    cfg.update(workers=2, admin={"bind": f"127.0.0.1:{admin}"})
+    with edgeproxy(cfg) as proxy:
+        victim = next(w for w in admin_json(admin)["workers"] if w["id"] == 1)
+        os.kill(victim["pid"], signal.SIGKILL)
+        # A client the program steers to worker 1's socket, asking while that worker is dead:
+        # the supervisor holds the socket, so the query waits there for the restarted worker.
+        with client_steered_to(0, of=2, timeout=15) as c:
+            assert ask(c, port, 1) == "192.0.2.10"
+            restarted = proxy.wait_log(lambda r: r.get("msg") == "worker restarted")
+            assert ask(c, port, 2) == "192.0.2.10"
+            client = hostport(*c.getsockname())
+    (line,) = [r for r in access_lines(proxy) if r["client"] == client]
+    assert (line["worker"], line["datagrams_in"]) == (1, 2)  # one flow, in the new worker 1
+    assert restarted["pid"] != victim["pid"]
+    backend.close()
