@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import contextlib
 import errno
 import functools
 import math
@@ -112,8 +113,14 @@ class _Poller:
         self.handlers[fd] = handler
 
     def discard(self, fd: int) -> None:
-        """Before closing ``fd``: no handler for it any more (closing takes it out of the set)."""
+        """Before closing a socket of ours (never dup'ed): closing it takes it out of the set."""
         self.handlers.pop(fd, None)
+
+    def remove(self, fd: int) -> None:
+        """Before closing a dup: the set keeps a socket until every descriptor of it is closed."""
+        self.handlers.pop(fd, None)
+        with contextlib.suppress(OSError):
+            self.ep.unregister(fd)
 
     def _ready(self) -> None:
         poll, handlers = self.ep.poll, self.handlers
@@ -123,8 +130,9 @@ class _Poller:
                 return
             for fd, _ in events:
                 handler = handlers.get(fd)
-                if handler is None:  # never happens while every discard is followed by a close
-                    self.ep.unregister(fd)
+                if handler is None:  # closed earlier in this round (a stale event), or a leak
+                    with contextlib.suppress(OSError):
+                        self.ep.unregister(fd)  # a leak would come back on every poll
                     continue
                 try:
                     handler()
@@ -526,7 +534,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()  # closes the dup it was given
         else:
-            self.owner.poller.discard(self.fd)
+            self.owner.poller.remove(self.fd)
             self.sock.close()
 
 
