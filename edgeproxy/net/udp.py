@@ -231,10 +231,8 @@ class UdpFlow:
         if sock is None:
             return
         try:
-            if self.header:
-                sock.sendmsg((self.header, data))
-            else:
-                sock.send(data)
+            # header + data, not sendmsg((header, data)): ~1 us less for DNS-sized datagrams.
+            sock.send(self.header + data if self.header else data)
         except BlockingIOError:
             self.ctx.stats.udp_dropped += 1  # the socket's send buffer is full: UDP drops
         except OSError as exc:
@@ -488,6 +486,13 @@ class _Endpoint(asyncio.DatagramProtocol):
         stats.datagrams_in += 1
         if n > limit or flags & socket.MSG_TRUNC:
             stats.dropped_oversize += 1
+            return
+        # Only pktinfo is enabled on this socket: the first item is it (checked on a new flow).
+        key = (addr, anc[0][2]) if anc else addr
+        flow = self.flows.get(key)
+        if flow is not None:
+            owner.order.move_to_end(flow)
+            flow.send(owner.view[:n], time.monotonic())
             return
         info = udp_pktinfo.destination(anc)
         self._received((addr, info) if info is not None else addr, addr, info, owner.view[:n])
