@@ -10,7 +10,7 @@ Reading and writing, each choice measured with benchmarks/udp_dns.py (figures in
 - A flow's upstream socket is a plain non-blocking socket (socket + connect, synchronous; its
   first datagram leaves in the same callback) in the listener's epoll set (``_Poller``), which
   the event loop watches as a single reader. A datagram endpoint per flow (a task, a
-  transport, a loop handle each) cost a fresh flow ~40 us more; an epoll_ctl is all ours costs.
+  transport, a loop handle each) cost a fresh flow ~50 us more; an epoll_ctl is all ours costs.
   Each ready socket gives one datagram per round and the set is asked again: an empty ``poll``
   returns ``[]`` where reading a socket until EAGAIN costs a ~3 us exception per wake-up.
 - A listening socket bound to a specific address is read by uvloop's datagram transport (its C
