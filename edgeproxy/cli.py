@@ -1,4 +1,4 @@
-"""Command line: ``edgeproxy run | check | demo | swarm status``."""
+"""Command line: ``edgeproxy run | check | certs | demo | swarm status``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from edgeproxy import __version__
 from edgeproxy.config import Config, ConfigError, load_config
+from edgeproxy.config.values import printable
 
 DEFAULT_CONFIG = "/etc/edgeproxy/edgeproxy.yaml"
 
@@ -19,7 +20,7 @@ def _load_or_report(path: str) -> Config | None:
         for issue in e.issues:
             print(issue, file=sys.stderr)
         n = len(e.issues)
-        print(f"{path}: {n} error{'s' if n != 1 else ''}; configuration NOT valid", file=sys.stderr)
+        print(f"{printable(path)}: {n} error{'s' if n != 1 else ''}; configuration NOT valid", file=sys.stderr)
         return None
 
 
@@ -49,6 +50,15 @@ def cmd_swarm_status(args: argparse.Namespace) -> int:
     return swarm_status(config, args.json)
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    from edgeproxy.acme.report import main as certs
+
+    return certs(config, args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgeproxy.demo import main as demo
 
@@ -75,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.add_argument("--json", action="store_true", help="JSON for scripts instead of the table")
     p.set_defaults(func=cmd_swarm_status)
+    p = sub.add_parser("certs", help="TLS certificates: names, issuer, expiry, source, last ACME attempt and error")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--json", action="store_true", help="JSON for scripts instead of the table")
+    p.set_defaults(func=cmd_certs)
     p = sub.add_parser("demo", help="run demo apps behind edgeproxy on loopback and show what they see")
     p.add_argument(
         "--base-port", type=int, default=18000, help="first port (default 18000; uses base..base+3, base+10, base+11)"

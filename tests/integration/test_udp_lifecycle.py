@@ -15,7 +15,7 @@ from typing import Any
 from edgeproxy.config import Backend, Health, Listener, ServerConfig, Timeouts, parse_address
 from edgeproxy.net.context import ListenerContext
 from edgeproxy.net.udp import UdpListener
-from edgeproxy.runtime.pools import BackendPool
+from edgeproxy.pools import BackendPool
 from tests.helpers import UdpBackend, udp_client
 
 
