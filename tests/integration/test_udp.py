@@ -408,3 +408,26 @@ def test_a_killed_worker_s_clients_wait_in_its_socket_and_are_answered_by_its_re
     assert (line["worker"], line["datagrams_in"]) == (1, 2)  # one flow, in the new worker 1
     assert restarted["pid"] != victim["pid"]
     backend.close()
+
+
+def test_a_reload_to_three_workers_steers_new_clients_over_three() -> None:
+    backend = UdpBackend(lambda q, _d: q)  # echo
+    port = free_port(kind=socket.SOCK_DGRAM)
+    cfg = udp_config(port, [backend.address])
+    cfg["workers"] = 2
+    with edgeproxy(cfg) as proxy:
+        cfg["workers"] = 3
+        proxy.write_config(cfg)
+        proxy.send(signal.SIGHUP)
+        proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded")
+        proxy.wait_log(lambda r: r.get("msg") == "worker started" and r.get("worker") == 3)
+        clients = []
+        for i in range(24):
+            with udp_client(f"127.0.0.{41 + i}") as c:
+                c.sendto(b"x", ("127.0.0.1", port))
+                assert c.recvfrom(512) == (b"x", ("127.0.0.1", port))
+                clients.append(c.getsockname())
+    workers = {r["client"]: r["worker"] for r in access_lines(proxy)}
+    assert workers == {hostport(*c): steering_index(socket.AF_INET, 3, *c) + 1 for c in clients}
+    assert set(workers.values()) == {1, 2, 3}
+    backend.close()
