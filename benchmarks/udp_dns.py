@@ -252,6 +252,11 @@ def wait_answering(relay: Relay) -> None:
     raise RuntimeError(f"{relay.name} does not answer: {tail}")
 
 
+def ratio(us: float, bare: float) -> str:
+    """``us`` over the bare relay's figure; a short run may have measured no CPU tick for it."""
+    return f"{us / bare:.2f}x" if bare else "n/a x"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.udp_dns", description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -331,11 +336,11 @@ def main() -> int:
             rate, us = statistics.median(f[0] for f in figs), statistics.median(f[1] for f in figs)
             line = f"{name:12} steady {rate:8.0f} pairs/s"
             if name != "direct":
-                line += f" {us:6.1f} us/pair ({us / bare_steady:.2f}x bare)"
+                line += f" {us:6.1f} us/pair ({ratio(us, bare_steady)} bare)"
             if name in fresh:
                 bare_fresh = statistics.median(u for _, u in fresh["bare-uvloop"])
                 frate, fus = statistics.median(f[0] for f in fresh[name]), statistics.median(f[1] for f in fresh[name])
-                line += f"  fresh {frate:7.0f} queries/s {fus:6.1f} us/query ({fus / bare_fresh:.2f}x bare)"
+                line += f"  fresh {frate:7.0f} queries/s {fus:6.1f} us/query ({ratio(fus, bare_fresh)} bare)"
             print(line)
     finally:
         for p in reversed(procs):
