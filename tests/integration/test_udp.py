@@ -345,6 +345,18 @@ def test_a_refused_datagram_is_not_resent_beyond_retries() -> None:
 # -- workers: 2 ------------------------------------------------------------------------------------
 
 
+def echo_once_each(port: int, sources: list[str]) -> list[tuple[str, int]]:
+    """One datagram from a new client on each source address, echoed from the address it was
+    sent to; the clients' (address, port)."""
+    clients = []
+    for source in sources:
+        with udp_client(source) as c:
+            c.sendto(b"x", ("127.0.0.1", port))
+            assert c.recvfrom(512) == (b"x", ("127.0.0.1", port))
+            clients.append(c.getsockname())
+    return clients
+
+
 def test_two_workers_keep_each_client_on_one_worker_and_one_server() -> None:
     a, b = UdpBackend(lambda q, _d: q), UdpBackend(lambda q, _d: q)  # echo
     port = free_port("0.0.0.0", kind=socket.SOCK_DGRAM)
@@ -358,12 +370,7 @@ def test_two_workers_keep_each_client_on_one_worker_and_one_server() -> None:
             one = c.getsockname()
         assert sorted(r[0] for r in replies) == sorted(b"q%d" % n for n in range(200))
         assert {r[1] for r in replies} == {("127.0.0.9", port)}
-        clients = []
-        for i in range(16):
-            with udp_client(f"127.0.0.{50 + i}") as c:
-                c.sendto(b"x", ("127.0.0.1", port))
-                assert c.recvfrom(512) == (b"x", ("127.0.0.1", port))
-                clients.append(c.getsockname())
+        clients = echo_once_each(port, [f"127.0.0.{50 + i}" for i in range(16)])
     # One flow (one worker, one upstream socket, one server) had all 200 datagrams.
     (line,) = [r for r in access_lines(proxy) if r["client"] == hostport(*one)]
     assert (line["datagrams_in"], line["datagrams_out"], line["moves"]) == (200, 200, 0)
@@ -421,12 +428,7 @@ def test_a_reload_to_three_workers_steers_new_clients_over_three() -> None:
         proxy.send(signal.SIGHUP)
         proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded")
         proxy.wait_log(lambda r: r.get("msg") == "worker started" and r.get("worker") == 3)
-        clients = []
-        for i in range(24):
-            with udp_client(f"127.0.0.{41 + i}") as c:
-                c.sendto(b"x", ("127.0.0.1", port))
-                assert c.recvfrom(512) == (b"x", ("127.0.0.1", port))
-                clients.append(c.getsockname())
+        clients = echo_once_each(port, [f"127.0.0.{41 + i}" for i in range(24)])
     workers = {r["client"]: r["worker"] for r in access_lines(proxy)}
     assert workers == {hostport(*c): steering_index(socket.AF_INET, 3, *c) + 1 for c in clients}
     assert set(workers.values()) == {1, 2, 3}
