@@ -48,10 +48,12 @@ def control_plane(registry: PoolRegistry, view: StatsView) -> ControlPlane:
 def build(config: Config) -> SingleProcess | Supervisor:
     """The process that owns the config file: the single process, or the supervisor."""
     registry = PoolRegistry()
-    sockets = SocketSet()
     if config.workers <= 1:
+        sockets = SocketSet()
         dataplane = DataPlane(registry, sockets, IdlePool(asyncio.get_running_loop()))
         return SingleProcess(config, registry, sockets, dataplane, lambda view: control_plane(registry, view))
+    # A UDP address becomes a SO_REUSEPORT group, a socket per worker (runtime/udp_steering.py).
+    sockets = SocketSet(reuseport_udp=True)
     return Supervisor(config, registry, sockets, lambda view: control_plane(registry, view))
 
 
