@@ -37,6 +37,7 @@ def _spellings(name: bytes) -> set[bytes]:
 
 
 _OURS = {b"forwarded"}.union(*(_spellings(name) for name in _FORWARDING))
+_KEPT = {b"host", b"content-length", b"transfer-encoding"}
 _HOP = {b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"te"}
 
 
@@ -57,8 +58,8 @@ class Message:
         """Everything but the fields a proxy may change."""
         dropped = set(_OURS) | _HOP
         for name, value in self.headers:
-            if name == b"connection":
-                dropped |= {t.strip(b" \t").lower() for t in value.split(b",")}
+            if name == b"connection":  # hop-by-hop options, but never the framing or Host (SPEC)
+                dropped |= {t.strip(b" \t").lower() for t in value.split(b",")} - _KEPT
         kept = [(n, v.lower() if n == b"transfer-encoding" else v) for n, v in self.headers if n not in dropped]
         return self.method, self.target, self.version, kept, self.body, self.trailers
 
