@@ -475,11 +475,19 @@ def test_head_buffer_reports_a_blank_line_with_a_bare_lf(head: bytes) -> None:
     assert blank_line(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0, 24) < 0
 
 
-def test_http09_style_request_line_is_refused() -> None:
-    """Found by fuzz/harness_http_relay: llhttp takes "POST /x" without a version; splitting the
-    whole head found a version on the next line, and the target held a CRLF."""
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /cunkedTP/1.1\r\nHost: HTTP/1.1\r\nr-Encoding: chunked\r\n\r\n",
+        b"PUT /e/\nHot:~e HTTP/1.0\r\nHos:` 4\r\n\r\n",
+    ],
+)
+def test_http09_style_request_line_is_refused(head: bytes) -> None:
+    """Found by fuzz/harness_http_relay: llhttp takes "POST /x" without a version, ended by CRLF
+    or a bare LF; splitting the whole head found a version on the next line, and the target
+    held a line end."""
     with pytest.raises(HttpError) as e:
-        parse(b"POST /cunkedTP/1.1\r\nHost: HTTP/1.1\r\nr-Encoding: chunked\r\n\r\n")
+        parse(head)
     assert e.value.status == 400
 
 
