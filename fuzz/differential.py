@@ -61,6 +61,9 @@ class Message:
             if name == b"connection":  # hop-by-hop options, but never the framing or Host (SPEC)
                 dropped |= {t.strip(b" \t").lower() for t in value.split(b",")} - _KEPT
         kept = [(n, v.lower() if n == b"transfer-encoding" else v) for n, v in self.headers if n not in dropped]
+        # RFC 9110 5.3: the order of fields with different names carries no meaning (a restated
+        # framing line comes last); the order within one name does (a stable sort keeps it).
+        kept.sort(key=lambda field: field[0])
         return self.method, self.target, self.version, kept, self.body, self.trailers
 
 
