@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from edgeproxy import __version__
 from edgeproxy.config import Config, ConfigError, load_config
+from edgeproxy.config.values import printable
 
 DEFAULT_CONFIG = "/etc/edgeproxy/edgeproxy.yaml"
 
@@ -19,7 +20,7 @@ def _load_or_report(path: str) -> Config | None:
         for issue in e.issues:
             print(issue, file=sys.stderr)
         n = len(e.issues)
-        print(f"{path}: {n} error{'s' if n != 1 else ''}; configuration NOT valid", file=sys.stderr)
+        print(f"{printable(path)}: {n} error{'s' if n != 1 else ''}; configuration NOT valid", file=sys.stderr)
         return None
 
 

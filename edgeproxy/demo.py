@@ -20,7 +20,9 @@ from edgeproxy.config import Address, Config, parse_config
 from edgeproxy.log import log
 from edgeproxy.net.loop import run
 from edgeproxy.proto.proxy_protocol import NEED_DATA, ProxyHeaderError, parse_proxy_header
-from edgeproxy.runtime.proxy import Proxy
+from edgeproxy.runtime.main import build
+from edgeproxy.runtime.reload import describe
+from edgeproxy.runtime.single import SingleProcess
 
 BASE_PORT = 18000
 CLIENT = "127.0.0.7"  # the "real client" of the scripted requests: distinct from the proxy's 127.0.0.1
@@ -156,14 +158,17 @@ async def demo(base_port: int) -> int:
     tcp_app = config.backends["tcp-app"].servers[0].address
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
-    proxy = Proxy(config)
+    proxy = build(config)
+    assert isinstance(proxy, SingleProcess)  # the demo config has workers: 1
+    started = False
     try:
         try:
             servers.append(await loop.create_server(HttpApp, http_app.host, http_app.port))
             servers.append(await loop.create_server(TcpApp, tcp_app.host, tcp_app.port))
             await proxy.start()
-        except OSError as e:
-            print(f"edgeproxy demo: cannot listen: {e.strerror or e}", file=sys.stderr)
+            started = True
+        except Exception as e:
+            print(f"edgeproxy demo: cannot listen: {describe(e)}", file=sys.stderr)
             print(
                 f"edgeproxy demo uses ports {base_port}-{base_port + 3} and {base_port + 10}-{base_port + 11} on "
                 "127.0.0.1; one is busy (another demo still running?). Stop it, or pick other ports with "
@@ -192,7 +197,7 @@ async def demo(base_port: int) -> int:
     finally:
         for srv in servers:
             srv.close()
-        if proxy.contexts:
+        if started:
             await proxy.shutdown()
 
 

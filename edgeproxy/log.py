@@ -9,11 +9,14 @@ once: they are rare and an operator waits for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
 from typing import IO, Any
+
+from edgeproxy.staged import Staged
 
 FLUSH_INTERVAL = 0.2
 FLUSH_BYTES = 64 * 1024
@@ -62,6 +65,12 @@ def _open(target: str) -> IO[str] | None:
     return open(target, "a", encoding="utf-8", buffering=1)
 
 
+def _close(handle: IO[str] | None) -> None:
+    if handle is not None and handle not in (sys.stderr, sys.stdout):
+        with contextlib.suppress(OSError, ValueError):  # a full disk must not fail the commit
+            handle.close()
+
+
 class Logger:
     """Both logs of one process. ``configure`` may be called again on reload."""
 
@@ -77,16 +86,28 @@ class Logger:
         self.worker: int | None = None
 
     def configure(self, level: str, access: str, fmt: str) -> None:
-        self.level = _LEVELS.get(level, 20)
-        self.fmt = fmt
-        if access != self._access_target:
-            self.flush()
-            old = self.access
-            self.access = _open(access)
-            if old not in (None, sys.stderr, sys.stdout):
-                assert old is not None
-                old.close()
-            self._access_target = access
+        self.prepare(level, access, fmt).commit()
+
+    def prepare(self, level: str, access: str, fmt: str) -> Staged:
+        """Open a new access log target now (OSError if it cannot be: a reload fails before it
+        changes anything); ``commit`` switches to the new settings and closes the old file."""
+        handle = _open(access) if access != self._access_target else self.access
+
+        def commit() -> None:
+            self.level = _LEVELS.get(level, 20)
+            self.fmt = fmt
+            if access != self._access_target:
+                self.flush()
+                old = self.access
+                self.access = handle
+                self._access_target = access
+                _close(old)
+
+        def abort() -> None:
+            if handle is not self.access:
+                _close(handle)
+
+        return Staged(commit, abort)
 
     # -- events ------------------------------------------------------------------------------
     def event(self, level: str, msg: str, **fields: Any) -> None:

@@ -4,6 +4,7 @@ these plain attributes; nothing on the hot path formats or locks anything)."""
 from __future__ import annotations
 
 import bisect
+import time
 
 # Prometheus-style upper bounds in seconds: 0.5 ms .. 30 s covers a loopback hop to a slow app.
 DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -67,3 +68,23 @@ class ListenerStats:
         self.udp_dropped = 0  # no usable server, per-flow queue full, or listener stopping
         self.udp_refused = 0  # ICMP port unreachable from a server (flow re-balanced)
         self.udp_errors = 0  # other socket errors reported on a flow or listening socket
+
+
+class ReloadStats:
+    """Configuration (re)loads of this edgeproxy, as /metrics and /status show them."""
+
+    __slots__ = ("failure", "last_result", "last_time", "success")
+
+    def __init__(self) -> None:
+        self.success = 0
+        self.failure = 0
+        self.last_time = time.time()
+        self.last_result = "initial"
+
+    def count(self, ok: bool) -> None:
+        if ok:
+            self.success += 1
+        else:
+            self.failure += 1
+        self.last_time = time.time()
+        self.last_result = "success" if ok else "failure"

@@ -6,8 +6,11 @@ never with edgeproxy's own parser, so a bug in ours cannot hide itself.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,11 +31,64 @@ from proxyprotocol.result import ProxyResult
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# -- ports and directories for the processes the tests start ----------------------------------
+PORT_FLOOR = 10000
+_ports_reserved: list[socket.socket] = []
+_random = random.Random()  # our own: hypothesis seeds the global one inside its tests
+_test_dirs: Callable[[], Path] | None = None  # set by tests/conftest.py: pytest's tmp_path_factory
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A port nothing is bound to, that no other socket will be given before the test binds it.
+
+    Binding port 0 and closing was racy: the kernel may hand that port to anyone next (another
+    test run's client or backend on this shared machine) before edgeproxy binds it. So the port
+    comes from below the kernel's ephemeral range (ip_local_port_range), which bind(0) and
+    connect() never hand out; and other test processes skip it because it is reserved under an
+    abstract Unix socket name (no file left behind) until ``release_ports()`` (end of each test,
+    tests/conftest.py) or the end of the process.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as s:
+    top = _ephemeral_start()
+    for _ in range(1000 if top - PORT_FLOOR >= 1000 else 0):
+        port = _random.randrange(PORT_FLOOR, top)
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lock.bind(f"\0edgeproxy-test-port-{port}")
+            with socket.socket(family, kind) as probe:
+                probe.bind((host, port))
+        except OSError:
+            lock.close()
+            continue
+        _ports_reserved.append(lock)
+        return port
+    with socket.socket(family, kind) as s:  # a kernel with no room below its ephemeral range
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def release_ports() -> None:
+    """Let other test processes use the ports this one was given (they are bound by now)."""
+    while _ports_reserved:
+        _ports_reserved.pop().close()
+
+
+def test_dir(prefix: str) -> Path:
+    """A new directory for one process's files (config, log): under pytest's temporary directory,
+    which pytest prunes itself (it keeps the last 3 runs), so the logs can still be read after the
+    process exited; outside pytest, a temporary directory removed when the process exits."""
+    if _test_dirs is not None:
+        return _test_dirs()
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def hostport(host: str, port: int) -> str:
@@ -176,7 +232,7 @@ class EdgeProxy:
     """``edgeproxy run`` in a subprocess on a generated config."""
 
     def __init__(self, config: dict[str, Any], *, wait: list[tuple[str, int]] | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="edgeproxy-test-"))
+        self.dir = test_dir("edgeproxy-test-")
         self.config_path = self.dir / "edgeproxy.yaml"
         self.log_path = self.dir / "stderr.log"
         self.write_config(config)

@@ -17,19 +17,20 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edgeproxy.admin.metrics import Families, Family, control_families, merge, render
+from edgeproxy.admin.metrics import control_families
 from edgeproxy.admin.status import build_status
-from edgeproxy.balance import Server, ServerState
+from edgeproxy.admin.view import StatsView
 from edgeproxy.config import AdminConfig, Config
 from edgeproxy.config.values import is_loopback
 from edgeproxy.log import log
-
-if TYPE_CHECKING:
-    from edgeproxy.runtime.proxy import Proxy
+from edgeproxy.metrics import Families, Family, merge, render
+from edgeproxy.pools import PoolRegistry
+from edgeproxy.staged import Staged
 
 HEAD_LIMIT = 8192
 REQUEST_TIMEOUT = 5.0
@@ -46,39 +47,57 @@ def check_admin(admin: AdminConfig) -> None:
 
 
 class AdminServer:
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    """A control-plane component (runtime/control.py): reads a stats view, and changes server
+    states only through the pool registry.
+
+    A reload that changes ``admin.bind`` moves the endpoint: the new address is bound while the
+    reload prepares (a failure, e.g. the address in use, fails the reload with that message and
+    the endpoint stays where it was), and the old one is closed when the reload commits.
+    """
+
+    def __init__(self, view: StatsView, registry: PoolRegistry) -> None:
+        self.view = view
+        self.registry = registry
         self.config: AdminConfig | None = None
         self.server: asyncio.AbstractServer | None = None
 
-    async def start(self) -> None:
-        await self._serve(self.proxy.config.admin)
-
-    async def reload(self, config: Config) -> None:
-        try:
-            await self._serve(config.admin)
-        except OSError as e:
-            log.error("admin endpoint: cannot bind the new address; keeping the old one", error=str(e.strerror or e))
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-
-    async def _serve(self, admin: AdminConfig | None) -> None:
-        old = self.config
+    # -- Component ---------------------------------------------------------------------------------
+    async def prepare(self, config: Config) -> Staged:
+        admin = config.admin
         if admin is not None:
             check_admin(admin)
-        if old is not None and admin is not None and old.bind == admin.bind:
-            self.config = admin  # token change only
-            return
-        server = None
-        if admin is not None:
+        if admin is None or (self.config is not None and self.config.bind == admin.bind):
+            # Off, or the same address (a token change only): nothing to bind.
+            return Staged(lambda: self._swap(admin, self.server if admin is not None else None))
+        try:
             server = await asyncio.start_server(self._handle, admin.bind.host, admin.bind.port, limit=HEAD_LIMIT)
+        except OSError as e:
+            # asyncio's message repeats the address: the errno's text says it plainly.
+            reason = os.strerror(e.errno) if e.errno else e.strerror or str(e)
+            raise AdminError(e.errno, f"admin.bind: cannot bind {admin.bind}: {reason}") from None
+
+        def commit() -> None:
+            self._swap(admin, server)
             log.info("admin endpoint listening", bind=str(admin.bind), token=admin.token is not None)
-        if self.server is not None:
+
+        return Staged(commit, server.close)
+
+    def _swap(self, admin: AdminConfig | None, server: asyncio.AbstractServer | None) -> None:
+        if self.server is not None and self.server is not server:
             self.server.close()
         self.server, self.config = server, admin
+
+    async def ready(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self._swap(None, None)
+
+    def collect(self) -> list[Family]:
+        return []
+
+    def status(self) -> dict[str, Any]:
+        return {}
 
     # -- one request --------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -116,7 +135,7 @@ class AdminServer:
         if path == "/healthz":
             if method not in ("GET", "HEAD"):
                 return _text(HTTPStatus.METHOD_NOT_ALLOWED, "use GET\n")
-            if self.proxy.draining:
+            if self.view.draining:
                 return _text(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
             return _text(HTTPStatus.OK, "ok\n")
         if not self._authorized(headers.get("authorization", "")):
@@ -124,8 +143,8 @@ class AdminServer:
         if path == "/metrics" and method == "GET":
             return HTTPStatus.OK, METRICS_TYPE, render((await self.families()).values()).encode()
         if path == "/status" and method == "GET":
-            data = await self.proxy.data_plane_families()
-            return _json(HTTPStatus.OK, build_status(self.proxy, data))
+            data = await self.view.data_plane_families()
+            return _json(HTTPStatus.OK, build_status(self.view, self.registry, data))
         segments = path.strip("/").split("/")
         if len(segments) == 4 and segments[0] == "servers" and segments[3] in ("drain", "ready"):
             if method != "POST":
@@ -145,33 +164,18 @@ class AdminServer:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     async def families(self) -> Families:
-        proxy = self.proxy
-        out: Families = merge({}, await proxy.data_plane_families())
-        extra: list[Family] = [*control_families(proxy), *proxy.runtime_families()]
-        for comp in proxy.components:
-            collect = getattr(comp, "collect", None)
-            if collect is not None:
-                extra.extend(collect())
-        return merge(out, extra)
+        out: Families = merge({}, await self.view.data_plane_families())
+        return merge(out, control_families(self.view, self.registry))
 
     def _set_server(self, backend: str, name: str, action: str) -> tuple[HTTPStatus, str, bytes]:
-        pool = self.proxy.pools.get(backend)
-        if pool is None:
+        if backend not in self.registry.pools:
             return _text(HTTPStatus.NOT_FOUND, f"no backend {backend!r}\n")
-        server = _find(pool.servers, name)
+        server = self.registry.find_server(backend, name)
         if server is None:
             return _text(HTTPStatus.NOT_FOUND, f"no server {name!r} in backend {backend!r}\n")
-        server.admin_drain = action == "drain"
-        server.state = ServerState.DRAIN if server.admin_drain else server.resting_state()
+        self.registry.set_admin_drain(backend, server, action == "drain")
         log.info(f"admin: server set to {action}", backend=backend, server=server.name, state=server.state.value)
         return _json(HTTPStatus.OK, {"backend": backend, "server": server.name, "state": server.state.value})
-
-
-def _find(servers: list[Server], name: str) -> Server | None:
-    for s in servers:
-        if name in (s.name, f"{s.host}:{s.port}"):
-            return s
-    return None
 
 
 def _text(status: HTTPStatus, text: str) -> tuple[HTTPStatus, str, bytes]:

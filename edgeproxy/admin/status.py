@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgeproxy import __version__
-from edgeproxy.admin.metrics import Family
+from edgeproxy.admin.view import StatsView
 from edgeproxy.log import iso_time
-
-if TYPE_CHECKING:
-    from edgeproxy.runtime.proxy import Proxy
+from edgeproxy.metrics import Family
+from edgeproxy.pools import PoolRegistry
 
 
 def _by_labels(families: Iterable[Family], name: str, *keys: str) -> dict[tuple[str, ...], float]:
@@ -30,8 +29,8 @@ def _by_labels(families: Iterable[Family], name: str, *keys: str) -> dict[tuple[
     return out
 
 
-def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
-    cfg = proxy.config
+def build_status(view: StatsView, registry: PoolRegistry, data: list[Family]) -> dict[str, Any]:
+    cfg = view.config
     conns = _by_labels(data, "edgeproxy_connections_total", "listener")
     active = _by_labels(data, "edgeproxy_active_connections", "listener")
     s_active = _by_labels(data, "edgeproxy_server_active_connections", "backend", "server")
@@ -49,7 +48,7 @@ def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
         for lst in cfg.listeners
     ]
     backends = []
-    for name, pool in proxy.pools.items():
+    for name, pool in registry.pools.items():
         be = pool.config
         servers = []
         for s in pool.servers:
@@ -86,12 +85,12 @@ def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
                 "servers": servers,
             }
         )
-    r = proxy.reloads
+    r = view.reloads
     doc: dict[str, Any] = {
         "version": __version__,
         "pid": os.getpid(),
-        "started": iso_time(proxy.started),
-        "draining": proxy.draining,
+        "started": iso_time(view.started),
+        "draining": view.draining,
         "config": {
             "path": cfg.path,
             "sha256": cfg.digest,
@@ -102,13 +101,9 @@ def build_status(proxy: Proxy, data: list[Family]) -> dict[str, Any]:
                 "failures": r.failure,
             },
         },
-        "workers": proxy.workers_status(),
+        "workers": [],
         "listeners": listeners,
         "backends": backends,
     }
-    for comp in proxy.components:  # components with a section of their own (swarm discovery)
-        section = getattr(comp, "status_section", None)
-        if section is not None:
-            key, value = section()
-            doc[key] = value
+    doc.update(view.status_sections())  # workers, and the components' own (swarm discovery)
     return doc

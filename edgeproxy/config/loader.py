@@ -1,8 +1,13 @@
 """YAML -> validated ``Config``, collecting every error with its YAML path and line.
 
-We walk PyYAML's composed node tree rather than the constructed dicts because only nodes carry
-line numbers, and because composing lets us see duplicate mapping keys, which PyYAML's
-constructor silently collapses (a second ``web:`` backend would just replace the first).
+The loader is total: any bytes at all give a ``Config`` or a ``ConfigError`` whose every line is
+``FILE:LINE: path: message`` (fuzzed: fuzz/harness_config.py, tests/unit/test_config_total.py).
+
+We walk a tree of nodes that carry their line (config/yamltree.py) rather than constructed dicts,
+because only nodes know where they were written, because it shows duplicate keys that a dict would
+silently collapse (a second ``web:`` backend would replace the first), and because a plain scalar
+is still the text that was written: each field decides what it means, by rules the README states
+(``off`` is a word, ``017`` and ``1:30`` are refused as numbers), not by YAML 1.1's guesses.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ import dataclasses
 import difflib
 import hashlib
 import os
+import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
-
-import yaml
 
 from edgeproxy.config.model import (
     FORWARDED_HEADERS,
@@ -37,21 +42,30 @@ from edgeproxy.config.model import (
     TLSFiles,
 )
 from edgeproxy.config.values import (
+    MIN_DURATION,
     Address,
     IPNetwork,
+    clip,
     is_loopback,
     parse_address,
     parse_duration,
     parse_network,
+    printable,
 )
+from edgeproxy.config.yamltree import MAX_BYTES, Map, Node, Scalar, Seq, YamlError, read_tree
 
 T = TypeVar("T")
 
-_STR = "tag:yaml.org,2002:str"
-_INT = "tag:yaml.org,2002:int"
-_BOOL = "tag:yaml.org,2002:bool"
-_NULL = "tag:yaml.org,2002:null"
-_FLOAT = "tag:yaml.org,2002:float"
+MAX_ISSUES = 100  # shown; a file of 10^5 errors still gives a readable report (and a bounded log line)
+# YAML 1.1 reads these words as booleans. Boolean fields take them (any letter case); elsewhere a
+# plain word is the text written, except that a "false" word means "none"/"off" where that is a value.
+TRUE_WORDS = ("true", "yes", "on")
+FALSE_WORDS = ("false", "no", "off")
+_NULL_WORDS = ("", "~", "null", "Null", "NULL")
+_DECIMAL = re.compile(r"[-+]?[0-9]+(?:_[0-9]+)*")
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+")
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+_EXPECT = re.compile(r"([1-5])xx|([0-9]{3})(?:-([0-9]{3}))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +74,12 @@ class ConfigIssue:
     line: int
     path: str
     message: str
+    internal: bool = False  # a bug of ours caught by parse_config's last resort (fuzzing looks for these)
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        where = f"{printable(self.file)}:{max(self.line, 1)}"
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{where}: {printable(text)}"
 
 
 class ConfigError(Exception):
@@ -78,76 +94,111 @@ class _Invalid(Exception):
     """Internal: a value was reported as an error; the caller skips it."""
 
 
-def _yaml_type(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
+def _is_null(node: Node) -> bool:
+    return isinstance(node, Scalar) and (node.kind == "null" or (node.kind == "plain" and node.value in _NULL_WORDS))
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, Map):
         return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
+    if isinstance(node, Seq):
         return "a list"
-    return {
-        _INT: "a number",
-        _FLOAT: "a number",
-        _BOOL: "true/false",
-        _NULL: "empty (null)",
-    }.get(node.tag, f"{node.value!r}" if isinstance(node, yaml.ScalarNode) else "?")
+    if _is_null(node):
+        return "empty (null)"
+    tag = f"!!{node.kind} " if node.kind not in ("plain", "str") else ""
+    return tag + clip(node.value)
+
+
+def _unprintable(text: str) -> str:
+    """What the first character that does not print is, for a message."""
+    ch = next(c for c in text if not c.isprintable())
+    kinds = {"Cs": "a lone surrogate", "Cc": "a control character", "Zl": "a line break", "Zp": "a line break"}
+    what = "a line break" if ch in "\r\n" else kinds.get(unicodedata.category(ch), "an invisible character")
+    return f"U+{ord(ch):04X} ({what})"
+
+
+def _is_word(node: Node, words: tuple[str, ...]) -> bool:
+    return isinstance(node, Scalar) and node.kind in ("plain", "bool") and node.value.lower() in words
 
 
 class _Reader:
-    """Typed accessors over yaml nodes that record errors instead of raising them."""
+    """Typed accessors over nodes that record errors instead of raising them."""
 
     def __init__(self, file: str) -> None:
         self.file = file
         self.issues: list[ConfigIssue] = []
+        self.more = 0  # errors beyond MAX_ISSUES, counted only
 
-    def error(self, node: yaml.Node | None, path: str, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 0
+    @property
+    def full(self) -> bool:
+        return len(self.issues) >= MAX_ISSUES
+
+    def error(self, node: Node | int | None, path: str, message: str) -> None:
+        if self.full:
+            self.more += 1
+            return
+        line = node if isinstance(node, int) else node.line if node is not None else 1
         self.issues.append(ConfigIssue(self.file, line, path, message))
 
-    def fail(self, node: yaml.Node | None, path: str, message: str) -> _Invalid:
+    def fail(self, node: Node | None, path: str, message: str) -> _Invalid:
         self.error(node, path, message)
         return _Invalid()
 
+    def hint(self, word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+        """The closest name, for "did you mean" (skipped once the report is full: it is not free)."""
+        if self.full or len(word) > 200:
+            return None
+        found = difflib.get_close_matches(word, choices, n=1)
+        return found[0] if found else None
+
     # -- structure ---------------------------------------------------------------------------
-    def mapping(self, node: yaml.Node, path: str, allowed: tuple[str, ...]) -> dict[str, yaml.Node]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, path, f"expected a mapping, got {_yaml_type(node)}")
-        out: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
+    def key(self, node: Node, path: str) -> str:
+        """A mapping key: a name, taken as written (``on:`` is the name 'on', not true)."""
+        if not isinstance(node, Scalar):
+            raise self.fail(node, path, f"a key must be a name, got {_describe(node)}")
+        if not node.value.isprintable():
+            raise self.fail(node, path, f"the key {clip(node.value)} contains {_unprintable(node.value)}")
+        return node.value
+
+    def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node]:
+        out: dict[str, Node] = {}
+        for key, key_node, value_node in self.items(node, path, what="key"):
             sub = f"{path}.{key}" if path else key
-            if key in out:
-                self.error(key_node, sub, "duplicate key (the earlier one would be ignored)")
-                continue
             if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                did = f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(allowed)})"
-                self.error(key_node, sub, f"unknown key '{key}'{did}")
+                hint = self.hint(key, allowed)
+                did = f" (did you mean '{hint}'?)" if hint else f" (known: {', '.join(allowed)})"
+                if key == "<<":
+                    did = ": YAML merge keys are not supported, write the keys out (anchors work)"
+                self.error(key_node, sub, f"unknown key {clip(key)}{did}")
                 continue
             out[key] = value_node
         return out
 
-    def items(self, node: yaml.Node, path: str) -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
-        """Entries of a mapping with free-form keys (backend names, node names)."""
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, path, f"expected a mapping, got {_yaml_type(node)}")
+    def items(self, node: Node, path: str, *, what: str = "name") -> Iterator[tuple[str, Node, Node]]:
+        """Entries of a mapping; a repeated key is an error (the earlier one would be ignored)."""
+        if not isinstance(node, Map):
+            raise self.fail(node, path, f"expected a mapping, got {_describe(node)}")
         seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
+        for key_node, value_node in node.pairs:
+            try:
+                key = self.key(key_node, path)
+            except _Invalid:
+                continue
             if key in seen:
-                self.error(key_node, f"{path}.{key}", "duplicate name (the earlier one would be ignored)")
+                sub = f"{path}.{key}" if path else key
+                self.error(key_node, sub, f"duplicate {what} (the earlier one would be ignored)")
                 continue
             seen.add(key)
             yield key, key_node, value_node
 
-    def seq(self, node: yaml.Node, path: str, *, scalar_ok: bool = False) -> list[yaml.Node]:
-        if isinstance(node, yaml.SequenceNode):
-            return list(node.value)
-        if scalar_ok and isinstance(node, yaml.ScalarNode) and node.tag != _NULL:
+    def seq(self, node: Node, path: str, *, scalar_ok: bool = False) -> list[Node]:
+        if isinstance(node, Seq):
+            return node.items
+        if scalar_ok and isinstance(node, Scalar) and not _is_null(node):
             return [node]
-        raise self.fail(node, path, f"expected a list, got {_yaml_type(node)}")
+        raise self.fail(node, path, f"expected a list, got {_describe(node)}")
 
-    def each(
-        self, node: yaml.Node, path: str, parse: Callable[[yaml.Node, str], T], *, scalar_ok: bool = False
-    ) -> list[T]:
+    def each(self, node: Node, path: str, parse: Callable[[Node, str], T], *, scalar_ok: bool = False) -> list[T]:
         out: list[T] = []
         for i, item in enumerate(self.seq(node, path, scalar_ok=scalar_ok)):
             with contextlib.suppress(_Invalid):
@@ -155,54 +206,73 @@ class _Reader:
         return out
 
     # -- scalars -----------------------------------------------------------------------------
-    def text(self, node: yaml.Node, path: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.tag not in (_STR, _INT, _FLOAT):
-            raise self.fail(node, path, f"expected a string, got {_yaml_type(node)}")
-        value = str(node.value)
+    def text(self, node: Node, path: str) -> str:
+        """A string as written: ``0123`` stays '0123', ``no`` stays 'no' (the field decides)."""
+        if not isinstance(node, Scalar) or node.kind not in ("plain", "str") or _is_null(node):
+            raise self.fail(node, path, f"expected a string, got {_describe(node)}")
+        value = node.value
         if not value:
             raise self.fail(node, path, "must not be empty")
+        if not value.isprintable():
+            raise self.fail(node, path, f"{clip(value)} contains {_unprintable(value)}: not allowed in a value")
         return value
 
-    def integer(self, node: yaml.Node, path: str, lo: int, hi: int | None = None) -> int:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != _INT:
-            raise self.fail(node, path, f"expected a whole number, got {_yaml_type(node)}")
-        value = int(str(node.value).replace("_", ""), 0)
-        if value < lo or (hi is not None and value > hi):
-            bound = f"{lo}-{hi}" if hi is not None else f">= {lo}"
+    def integer(self, node: Node, path: str, lo: int, hi: int) -> int:
+        bound = f"{lo}-{hi}"
+        if not isinstance(node, Scalar) or node.kind not in ("plain", "int") or _is_null(node):
+            hint = " (without quotes)" if isinstance(node, Scalar) and node.kind == "str" else ""
+            raise self.fail(node, path, f"expected a whole number{hint}, got {_describe(node)}")
+        text = node.value
+        if _SEXAGESIMAL.fullmatch(text):
+            raise self.fail(
+                node, path, f"{clip(text)} is not a whole number (YAML 1.1 reads it in base 60): write the number meant"
+            )
+        if not _DECIMAL.fullmatch(text):
+            raise self.fail(node, path, f"expected a whole number, in decimal, got {_describe(node)}")
+        digits = text.lstrip("+-").replace("_", "")
+        if len(digits) > 1 and digits[0] == "0":
+            octal = " (YAML 1.1 reads it as octal)" if _OCTAL.fullmatch(text) else ""
+            raise self.fail(node, path, f"{clip(text)}: a leading 0 is refused{octal}: write {int(digits)}")
+        if len(digits) > 18:
+            raise self.fail(node, path, f"{clip(text)} is out of range ({bound})")
+        value = int(text.replace("_", ""))
+        if not lo <= value <= hi:
             raise self.fail(node, path, f"{value} is out of range ({bound})")
         return value
 
-    def boolean(self, node: yaml.Node, path: str) -> bool:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL:
-            raise self.fail(node, path, f"expected true or false, got {_yaml_type(node)}")
-        return str(node.value).lower() in ("true", "yes", "on", "y")
+    def boolean(self, node: Node, path: str) -> bool:
+        if _is_word(node, TRUE_WORDS):
+            return True
+        if _is_word(node, FALSE_WORDS):
+            return False
+        raise self.fail(node, path, f"expected true or false, got {_describe(node)}")
 
-    def choice(self, node: yaml.Node, path: str, choices: tuple[str, ...]) -> str:
-        # YAML 1.1 reads a bare `off`/`no` as false; for send_proxy that means "none".
-        is_false = isinstance(node, yaml.ScalarNode) and node.tag == _BOOL and not self.boolean(node, path)
-        if is_false and "none" in choices:
+    def choice(self, node: Node, path: str, choices: tuple[str, ...]) -> str:
+        # `send_proxy: off` (YAML 1.1's false) means "none" where "none" is a choice.
+        if "none" in choices and _is_word(node, FALSE_WORDS):
             return "none"
         value = self.text(node, path)
         if value not in choices:
-            raise self.fail(node, path, f"'{value}' is not one of: {', '.join(choices)}")
+            raise self.fail(node, path, f"{clip(value)} is not one of: {', '.join(choices)}")
         return value
 
-    def convert(self, node: yaml.Node, path: str, parse: Callable[[str], T]) -> T:
+    def convert(self, node: Node, path: str, parse: Callable[[str], T]) -> T:
         value = self.text(node, path)
         try:
             return parse(value)
         except ValueError as e:
             raise self.fail(node, path, str(e)) from None
 
-    def duration(self, node: yaml.Node, path: str) -> float:
-        return self.convert(node, path, parse_duration)
+    def duration(self, node: Node, path: str, *, zero_ok: bool = False) -> float:
+        seconds = self.convert(node, path, parse_duration)
+        if seconds < MIN_DURATION and not (zero_ok and seconds == 0):
+            raise self.fail(node, path, f"{clip(self.text(node, path))} is too short: at least 1ms")
+        return seconds
 
-    def network(self, node: yaml.Node, path: str) -> IPNetwork:
+    def network(self, node: Node, path: str) -> IPNetwork:
         return self.convert(node, path, parse_network)
 
-    def optional(
-        self, fields: dict[str, yaml.Node], key: str, path: str, parse: Callable[[yaml.Node, str], T], default: T
-    ) -> T:
+    def optional(self, fields: dict[str, Node], key: str, path: str, parse: Callable[[Node, str], T], default: T) -> T:
         node = fields.get(key)
         if node is None:
             return default
@@ -229,11 +299,38 @@ _BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm
 _HEALTH_KEYS = ("type", "interval", "timeout", "rise", "fall", "path", "expect", "port")
 
 
+class _Binds:
+    """Listening addresses seen so far, to refuse two that cannot both be bound (O(1) a lookup:
+    a generated file may have thousands)."""
+
+    def __init__(self) -> None:
+        self.by_port: dict[tuple[str, int, int], dict[str, tuple[Address, str]]] = {}
+
+    def clash(self, proto: str, addr: Address) -> tuple[Address, str] | None:
+        """IPv6 wildcards are bound IPV6_V6ONLY (runtime/sockets.py), so [::] and 0.0.0.0 coexist."""
+        hosts = self.by_port.get((proto, addr.family, addr.port))
+        if not hosts:
+            return None
+        if addr.is_wildcard:
+            return next(iter(hosts.values()))
+        return hosts.get(addr.host) or hosts.get("::" if ":" in addr.host else "0.0.0.0")
+
+    def add(self, proto: str, addr: Address, owner: str) -> None:
+        self.by_port.setdefault((proto, addr.family, addr.port), {}).setdefault(addr.host, (addr, owner))
+
+
 class _Builder:
     def __init__(self, r: _Reader) -> None:
         self.r = r
+        self.backends: dict[str, Backend] = {}
+        self.health_set: set[str] = set()  # backends with an explicit health section
+        self.swarm: SwarmConfig | None = None
+        self.swarm_present = False  # even if invalid: no second error on each backend's swarm
+        self.listener_names: dict[str, int] = {}
+        self.udp_backends: set[str] = set()
+        self.binds = _Binds()
 
-    def timeouts(self, node: yaml.Node, path: str) -> Timeouts:
+    def timeouts(self, node: Node, path: str) -> Timeouts:
         f = self.r.mapping(node, path, ("connect", "client_idle", "server_idle", "http_request", "drain"))
         d = Timeouts()
         dur = self.r.duration
@@ -242,22 +339,31 @@ class _Builder:
             client_idle=self.r.optional(f, "client_idle", path, dur, d.client_idle),
             server_idle=self.r.optional(f, "server_idle", path, dur, d.server_idle),
             http_request=self.r.optional(f, "http_request", path, dur, d.http_request),
-            drain=self.r.optional(f, "drain", path, dur, d.drain),
+            # 0s is meaningful here: stop at once, cutting what is open.
+            drain=self.r.optional(f, "drain", path, lambda n, p: dur(n, p, zero_ok=True), d.drain),
             client_idle_explicit="client_idle" in f,
         )
 
-    def log(self, node: yaml.Node, path: str) -> LogConfig:
+    def log(self, node: Node, path: str) -> LogConfig:
         f = self.r.mapping(node, path, ("level", "access", "format"))
         levels = ("debug", "info", "warning", "error")
         return LogConfig(
             level=self.r.optional(f, "level", path, lambda n, p: self.r.choice(n, p, levels), "info"),
-            access=self.r.optional(f, "access", path, self.r.text, "stderr"),
+            access=self.r.optional(f, "access", path, self.access, "stderr"),
             format=cast(
                 Any, self.r.optional(f, "format", path, lambda n, p: self.r.choice(n, p, ("json", "text")), "json")
             ),
         )
 
-    def admin(self, node: yaml.Node, path: str) -> AdminConfig:
+    def access(self, node: Node, path: str) -> str:
+        # The README documents `access: off`; YAML 1.1 would read it as false.
+        if _is_word(node, FALSE_WORDS):
+            return "off"
+        if _is_word(node, TRUE_WORDS):
+            raise self.r.fail(node, path, f"{_describe(node)} is not a log target: stderr, stdout, off or a file path")
+        return self.r.text(node, path)
+
+    def admin(self, node: Node, path: str) -> AdminConfig:
         f = self.r.mapping(node, path, ("bind", "token"))
         if "bind" not in f:
             raise self.r.fail(node, path, "missing 'bind' (e.g. 127.0.0.1:9901)")
@@ -270,17 +376,39 @@ class _Builder:
                 f"{bind} is not a loopback address: set admin.token so /metrics and /status "
                 "are not open to the network",
             )
+        other = self.binds.clash("tcp", bind)
+        if other is not None:
+            self.r.error(f["bind"], f"{path}.bind", f"{bind} clashes with {other[0]} of {other[1]}")
         return AdminConfig(bind=bind, token=token)
 
-    def workers(self, node: yaml.Node, path: str) -> int:
-        if isinstance(node, yaml.ScalarNode) and node.value == "auto":
+    def workers(self, node: Node, path: str) -> int:
+        if isinstance(node, Scalar) and node.kind in ("plain", "str") and node.value == "auto":
             return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return self.r.integer(node, path, 1, 256)
 
-    def networks(self, node: yaml.Node, path: str) -> tuple[IPNetwork, ...]:
+    def networks(self, node: Node, path: str) -> tuple[IPNetwork, ...]:
         return tuple(self.r.each(node, path, self.r.network, scalar_ok=True))
 
-    def listener(self, node: yaml.Node, path: str) -> Listener:
+    def reference(self, node: Node, path: str, *, udp: bool) -> str:
+        """A backend name, checked against the backends (parsed before the listeners)."""
+        ref = self.r.text(node, path)
+        be = self.backends.get(ref)
+        if be is None and not (self.swarm and self.swarm.labels):  # label backends appear at run time
+            names = list(self.backends)
+            known = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none defined"
+            hint = self.r.hint(ref, names)
+            did = f"; did you mean '{hint}'?" if hint else ""
+            self.r.error(node, path, f"no backend named {clip(ref)} (known: {known}){did}")
+        if udp:
+            self.udp_backends.add(ref)
+            if be is not None and be.send_proxy == "v1":
+                self.r.error(
+                    node, path, f"backend {clip(ref)} has send_proxy: v1, which has no datagram form; use v2 for udp"
+                )
+        return ref
+
+    def listener(self, node: Node, index: int) -> Listener:
+        path = f"listeners[{index}]"
         f = self.r.mapping(node, path, _LISTENER_KEYS)
         for key in ("name", "bind"):
             if key not in f:
@@ -291,23 +419,35 @@ class _Builder:
         mode = cast(
             Any, self.r.optional(f, "mode", path, lambda n, p: self.r.choice(n, p, ("tcp", "http", "udp")), "tcp")
         )
+        udp = mode == "udp"
+        if name in self.listener_names:
+            other = self.listener_names[name]
+            self.r.error(f["name"], f"{path}.name", f"duplicate listener name {clip(name)} (also listeners[{other}])")
+        self.listener_names.setdefault(name, index)
         bind = tuple(
             self.r.each(f["bind"], f"{path}.bind", lambda n, p: self.r.convert(n, p, parse_address), scalar_ok=True)
         )
-        if isinstance(f["bind"], yaml.SequenceNode) and not f["bind"].value:
+        if isinstance(f["bind"], Seq) and not f["bind"].items:
             self.r.error(f["bind"], f"{path}.bind", "needs at least one address")
-        backend = self.r.optional(f, "backend", path, self.r.text, None)
+        # Two listeners on one address (or one listener twice) would fail at bind time: say so now.
+        proto = "udp" if udp else "tcp"
+        for addr in bind:
+            other_bind = self.binds.clash(proto, addr)
+            if other_bind is not None:
+                self.r.error(f["bind"], f"{path}.bind", f"{addr} clashes with {other_bind[0]} of {other_bind[1]}")
+            self.binds.add(proto, addr, f"listeners[{index}] ({printable(name)})")
+        backend = self.r.optional(f, "backend", path, lambda n, p: self.reference(n, p, udp=udp), None)
         routes: tuple[Route, ...] = ()
         if "routes" in f:
             if mode != "http":
                 self.r.error(f["routes"], f"{path}.routes", f"routes need mode: http (this listener is {mode})")
-            routes = tuple(self.r.each(f["routes"], f"{path}.routes", self.route))
-        if backend is None and not routes:
+            routes = tuple(self.r.each(f["routes"], f"{path}.routes", lambda n, p: self.route(n, p, udp=udp)))
+        if backend is None and not routes and "backend" not in f:
             self.r.error(node, path, "missing 'backend' (the default backend of this listener)")
         accept_proxy = None
         if "accept_proxy" in f:
             p = f"{path}.accept_proxy"
-            if mode == "udp":
+            if udp:
                 self.r.error(f["accept_proxy"], p, "accept_proxy is not supported on udp listeners")
             try:
                 af = self.r.mapping(f["accept_proxy"], p, ("trusted",))
@@ -338,35 +478,37 @@ class _Builder:
             routes=routes,
             accept_proxy=accept_proxy,
             forwarded=forwarded,
-            max_connections=self.r.optional(f, "max_connections", path, lambda n, p: self.r.integer(n, p, 1), 10000),
+            max_connections=self.r.optional(
+                f, "max_connections", path, lambda n, p: self.r.integer(n, p, 1, 10_000_000), 10000
+            ),
             max_datagram_size=self.r.optional(
                 f, "max_datagram_size", path, lambda n, p: self.r.integer(n, p, 1, 65535), 65535
             ),
         )
 
-    def forwarded_headers(self, node: yaml.Node, path: str) -> tuple[str, ...]:
-        def one(n: yaml.Node, p: str) -> str:
+    def forwarded_headers(self, node: Node, path: str) -> tuple[str, ...]:
+        def one(n: Node, p: str) -> str:
             name = self.r.text(n, p).lower()
             if name not in FORWARDED_HEADERS:
-                raise self.r.fail(n, p, f"'{name}' is not one of: {', '.join(FORWARDED_HEADERS)}")
+                raise self.r.fail(n, p, f"{clip(name)} is not one of: {', '.join(FORWARDED_HEADERS)}")
             return name
 
         return tuple(self.r.each(node, path, one))
 
-    def route(self, node: yaml.Node, path: str) -> Route:
+    def route(self, node: Node, path: str, *, udp: bool) -> Route:
         f = self.r.mapping(node, path, ("host", "path_prefix", "backend"))
         if "backend" not in f:
             raise self.r.fail(node, path, "missing 'backend'")
-        backend = self.r.text(f["backend"], f"{path}.backend")
+        backend = self.reference(f["backend"], f"{path}.backend", udp=udp)
         host = self.r.optional(f, "host", path, self.r.text, None)
         prefix = self.r.optional(f, "path_prefix", path, self.r.text, None)
         if prefix is not None and not prefix.startswith("/"):
-            self.r.error(f["path_prefix"], f"{path}.path_prefix", f"'{prefix}' must start with /")
+            self.r.error(f["path_prefix"], f"{path}.path_prefix", f"{clip(prefix)} must start with /")
         if host is None and prefix is None:
             self.r.error(node, path, "a route needs 'host', 'path_prefix' or both")
         return Route(backend=backend, host=host.lower() if host else None, path_prefix=prefix)
 
-    def health(self, node: yaml.Node, path: str) -> Health:
+    def health(self, node: Node, path: str) -> Health:
         f = self.r.mapping(node, path, _HEALTH_KEYS)
         d = Health()
         r = self.r
@@ -383,28 +525,26 @@ class _Builder:
             port=r.optional(f, "port", path, lambda n, p: r.integer(n, p, 1, 65535), None),
         )
 
-    def expect(self, node: yaml.Node, path: str) -> tuple[int, int]:
+    def expect(self, node: Node, path: str) -> tuple[int, int]:
         """``200``, ``"2xx"`` or ``"200-399"``."""
         text = self.r.text(node, path)
-        try:
-            if len(text) == 3 and text.endswith("xx") and text[0] in "12345":
-                lo = int(text[0]) * 100
+        m = _EXPECT.fullmatch(text)
+        if m is not None:
+            if m.group(1):
+                lo = int(m.group(1)) * 100
                 return lo, lo + 99
-            lo_s, _, hi_s = text.partition("-")
-            lo, hi = int(lo_s), int(hi_s or lo_s)
+            lo, hi = int(m.group(2)), int(m.group(3) or m.group(2))
             if 100 <= lo <= hi <= 599:
                 return lo, hi
-        except ValueError:
-            pass
         raise self.r.fail(
-            node, path, f"invalid expect {text!r}: use a status (200), a class (2xx) or a range (200-399)"
+            node, path, f"invalid expect {clip(text)}: use a status (200), a class (2xx) or a range (200-399)"
         )
 
-    def server(self, node: yaml.Node, path: str) -> ServerConfig:
-        def to_addr(n: yaml.Node, p: str) -> Address:
+    def server(self, node: Node, path: str) -> ServerConfig:
+        def to_addr(n: Node, p: str) -> Address:
             return self.r.convert(n, p, lambda t: parse_address(t, allow_hostname=True))
 
-        if isinstance(node, yaml.ScalarNode):
+        if isinstance(node, Scalar):
             return ServerConfig(address=to_addr(node, path))
         f = self.r.mapping(node, path, ("address", "weight", "backup"))
         if "address" not in f:
@@ -415,17 +555,21 @@ class _Builder:
             backup=self.r.optional(f, "backup", path, self.r.boolean, False),
         )
 
-    def swarm_ref(self, node: yaml.Node, path: str) -> SwarmRef:
+    def swarm_ref(self, node: Node, path: str) -> SwarmRef:
         f = self.r.mapping(node, path, ("service", "port"))
         if "service" not in f or "port" not in f:
             raise self.r.fail(node, path, "needs 'service' and 'port' (the service's target port)")
+        if not self.swarm_present:
+            self.r.error(node, path, "needs a top-level 'swarm:' section (which managers to ask)")
         return SwarmRef(
             service=self.r.text(f["service"], f"{path}.service"),
             port=self.r.integer(f["port"], f"{path}.port", 1, 65535),
         )
 
-    def backend(self, name: str, node: yaml.Node, path: str) -> Backend:
+    def backend(self, name: str, node: Node, path: str) -> Backend:
         f = self.r.mapping(node, path, _BACKEND_KEYS)
+        if "health" in f:
+            self.health_set.add(name)
         r = self.r
         return Backend(
             name=name,
@@ -448,30 +592,41 @@ class _Builder:
             swarm=r.optional(f, "swarm", path, self.swarm_ref, None),
         )
 
-    def swarm(self, node: yaml.Node, path: str) -> SwarmConfig:
+    def all_backends(self, node: Node, path: str) -> None:
+        for name, _key_node, value_node in self.r.items(node, path):
+            try:
+                self.backends[name] = self.backend(name, value_node, f"{path}.{name}")
+            except _Invalid:
+                self.backends[name] = Backend(name=name)  # keep the name known for reference checks
+
+    def all_listeners(self, node: Node, path: str) -> list[Listener]:
+        listeners = []
+        for i, item in enumerate(self.r.seq(node, path)):
+            with contextlib.suppress(_Invalid):
+                listeners.append(self.listener(item, i))
+        if isinstance(node, Seq) and not node.items:
+            self.r.error(node, path, "needs at least one listener")
+        return listeners
+
+    def swarm_section(self, node: Node, path: str) -> SwarmConfig:
         f = self.r.mapping(node, path, ("managers", "tls", "refresh", "timeout", "labels", "node_addresses"))
         r = self.r
         d = SwarmConfig()
 
-        def manager(n: yaml.Node, p: str) -> str:
+        def manager(n: Node, p: str) -> str:
             url = r.text(n, p)
-            if not (
-                url.startswith("unix://")
-                or url.startswith("tcp://")
-                or url.startswith("http://")
-                or url.startswith("https://")
-            ):
-                raise r.fail(n, p, f"'{url}' must start with unix://, tcp://, http:// or https://")
+            if not url.startswith(("unix://", "tcp://", "http://", "https://")):
+                raise r.fail(n, p, f"{clip(url)} must start with unix://, tcp://, http:// or https://")
             return url
 
-        def tls(n: yaml.Node, p: str) -> TLSFiles:
+        def tls(n: Node, p: str) -> TLSFiles:
             tf = r.mapping(n, p, ("ca", "cert", "key"))
             missing = [k for k in ("ca", "cert", "key") if k not in tf]
             if missing:
                 raise r.fail(n, p, f"missing {', '.join(missing)}")
             return TLSFiles(*(r.text(tf[k], f"{p}.{k}") for k in ("ca", "cert", "key")))
 
-        def node_addresses(n: yaml.Node, p: str) -> MappingProxyType[str, str]:
+        def node_addresses(n: Node, p: str) -> MappingProxyType[str, str]:
             out: dict[str, str] = {}
             for key, _kn, vn in r.items(n, p):
                 with contextlib.suppress(_Invalid):
@@ -479,8 +634,8 @@ class _Builder:
             return MappingProxyType(out)
 
         managers = r.optional(f, "managers", path, lambda n, p: r.each(n, p, manager, scalar_ok=True), list(d.managers))
-        if "managers" in f and isinstance(f["managers"], yaml.SequenceNode) and not f["managers"].value:
-            r.error(f.get("managers", node), f"{path}.managers", "needs at least one manager")
+        if "managers" in f and isinstance(f["managers"], Seq) and not f["managers"].items:
+            r.error(f["managers"], f"{path}.managers", "needs at least one manager")
         return SwarmConfig(
             managers=tuple(managers),
             tls=r.optional(f, "tls", path, tls, None),
@@ -491,133 +646,78 @@ class _Builder:
         )
 
 
-def _binds_clash(a: Address, b: Address) -> bool:
-    """Would binding both fail? IPv6 wildcards are bound IPV6_V6ONLY, so [::] and 0.0.0.0 coexist."""
-    if a.port != b.port or a.family != b.family:
-        return False
-    return a.host == b.host or a.is_wildcard or b.is_wildcard
-
-
 def load_config(path: str) -> Config:
     """Read and validate ``path``; raise ``ConfigError`` listing every problem."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_BYTES + 1)  # not all of /dev/zero: read_tree refuses more than MAX_BYTES
     except OSError as e:
-        raise ConfigError([ConfigIssue(path, 0, "", f"cannot read: {e.strerror}")]) from None
+        raise ConfigError([ConfigIssue(path, 1, "", f"cannot read: {e.strerror or e}")]) from None
     return parse_config(raw, path)
 
 
-def parse_config(raw: bytes, path: str = "<config>") -> Config:
+def parse_config(raw: bytes, path: str = "<config>", *, libyaml: bool | None = None) -> Config:
+    """Validate a whole file: a ``Config``, or ``ConfigError`` with every problem and its line.
+
+    ``libyaml`` forces (True) or avoids (False) PyYAML's C parser; by default it is used when
+    present. The result is the same either way (tests/unit/test_config_total.py).
+    """
+    try:
+        return _parse(raw, path, libyaml)
+    except ConfigError:
+        raise
+    except Exception as e:  # the last resort of a total function; fuzzing makes sure it is never reached
+        issue = ConfigIssue(
+            path, 1, "", f"internal error while reading this file (a bug in edgeproxy): {e!r}"[:500], internal=True
+        )
+        raise ConfigError([issue]) from None
+
+
+def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
     r = _Reader(path)
     try:
-        root = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
-    except UnicodeDecodeError as e:
-        raise ConfigError([ConfigIssue(path, 0, "", f"not UTF-8 text: {e}")]) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 0
-        raise ConfigError([ConfigIssue(path, line, "", f"YAML syntax error: {e.problem or e}")]) from None
-    if root is None:
-        raise ConfigError([ConfigIssue(path, 0, "", "the file is empty: it needs at least 'listeners' and 'backends'")])
+        tree = read_tree(raw, libyaml=libyaml)
+    except YamlError as e:
+        raise ConfigError([ConfigIssue(path, e.problem.line, "", e.problem.message)]) from None
+    for problem in tree.problems:
+        r.error(problem.line, "", problem.message)
+    root = tree.root
+    if root is None or _is_null(root):
+        r.error(1, "", "the file is empty: it needs at least 'listeners' and 'backends'")
+        raise ConfigError(r.issues)
     b = _Builder(r)
     try:
         top = r.mapping(root, "", _TOP_KEYS)
     except _Invalid:
         raise ConfigError(r.issues) from None
 
-    backends: dict[str, Backend] = {}
-    backend_lines: dict[str, yaml.Node] = {}
+    # In this order: whether swarm labels may define backends, then the backends, so that a
+    # listener's references are checked where they are written.
+    b.swarm_present = "swarm" in top
+    b.swarm = r.optional(top, "swarm", "", b.swarm_section, None)
     if "backends" in top:
         with contextlib.suppress(_Invalid):
-            for name, key_node, value_node in r.items(top["backends"], "backends"):
-                try:
-                    backends[name] = b.backend(name, value_node, f"backends.{name}")
-                    backend_lines[name] = key_node
-                except _Invalid:
-                    backends[name] = Backend(name=name)  # keep the name known for reference checks
+            b.all_backends(top["backends"], "backends")
     listeners: list[Listener] = []
-    listener_nodes: list[yaml.Node] = []
     if "listeners" not in top:
         r.error(root, "listeners", "missing: at least one listener is needed")
     else:
-        try:
-            for i, item in enumerate(r.seq(top["listeners"], "listeners")):
-                try:
-                    listeners.append(b.listener(item, f"listeners[{i}]"))
-                    listener_nodes.append(item)
-                except _Invalid:
-                    pass
-        except _Invalid:
-            pass
-    swarm = r.optional(top, "swarm", "", b.swarm, None)
+        listeners = r.optional(top, "listeners", "", b.all_listeners, [])
     timeouts = r.optional(top, "timeouts", "", b.timeouts, Timeouts())
     log = r.optional(top, "log", "", b.log, LogConfig())
     admin = r.optional(top, "admin", "", b.admin, None)
     workers = r.optional(top, "workers", "", b.workers, 1)
 
-    # -- cross-references ------------------------------------------------------------------
-    known = ", ".join(backends) or "none defined"
-    names: dict[str, int] = {}
-    udp_backends: set[str] = set()
-    for i, (lst, node) in enumerate(zip(listeners, listener_nodes, strict=True)):
-        fields = {str(k.value): v for k, v in cast(yaml.MappingNode, node).value}
-        if lst.name in names:
-            r.error(
-                fields["name"],
-                f"listeners[{i}].name",
-                f"duplicate listener name '{lst.name}' (also listeners[{names[lst.name]}])",
-            )
-        names.setdefault(lst.name, i)
-        refs: list[tuple[str, yaml.Node, str]] = []
-        if lst.backend is not None:
-            refs.append((lst.backend, fields["backend"], f"listeners[{i}].backend"))
-        routes_node = fields.get("routes")
-        if isinstance(routes_node, yaml.SequenceNode):
-            for j, (route, rnode) in enumerate(zip(lst.routes, routes_node.value, strict=False)):
-                rfields = {str(k.value): v for k, v in cast(yaml.MappingNode, rnode).value}
-                refs.append((route.backend, rfields["backend"], f"listeners[{i}].routes[{j}].backend"))
-        labels_may_define = bool(swarm and swarm.labels)
-        for ref, rnode, rpath in refs:
-            if ref not in backends and not labels_may_define:
-                hint = difflib.get_close_matches(ref, list(backends), n=1)
-                did = f"; did you mean '{hint[0]}'?" if hint else ""
-                r.error(rnode, rpath, f"no backend named '{ref}' (known: {known}){did}")
-        if lst.mode == "udp":
-            udp_backends.update(ref for ref, _n, _p in refs)
-            for ref, rnode, rpath in refs:
-                be = backends.get(ref)
-                if be is not None and be.send_proxy == "v1":
-                    r.error(
-                        rnode, rpath, f"backend '{ref}' has send_proxy: v1, which has no datagram form; use v2 for udp"
-                    )
-    # Two listeners on one address (or one listener twice) would fail at bind time: say so now.
-    seen_binds: list[tuple[Address, str, int]] = []
-    for i, lst in enumerate(listeners):
-        proto = "udp" if lst.mode == "udp" else "tcp"
-        for addr in lst.bind:
-            for other, oproto, oi in seen_binds:
-                if oproto == proto and _binds_clash(addr, other):
-                    node = {str(k.value): v for k, v in cast(yaml.MappingNode, listener_nodes[i]).value}["bind"]
-                    r.error(
-                        node,
-                        f"listeners[{i}].bind",
-                        f"{addr} clashes with {other} of listeners[{oi}] ({listeners[oi].name})",
-                    )
-                    break
-            seen_binds.append((addr, proto, i))
-    for name, be in backends.items():
-        if be.swarm is not None and swarm is None:
-            r.error(
-                backend_lines.get(name),
-                f"backends.{name}.swarm",
-                "needs a top-level 'swarm:' section (which managers to ask)",
-            )
+    backends = b.backends
+    for name in b.udp_backends - b.health_set:
         # A tcp check on a udp port always fails; default udp backends to no active check.
-        if name in udp_backends and "health" not in _keys(top["backends"], name):
-            backends[name] = _replace_health(be, Health(type="none"))
+        if name in backends:
+            backends[name] = dataclasses.replace(backends[name], health=Health(type="none"))
     if r.issues:
-        raise ConfigError(sorted(r.issues, key=lambda i: i.line))
+        issues = sorted(r.issues, key=lambda i: i.line)
+        if r.more:
+            issues.append(ConfigIssue(path, issues[-1].line, "", f"and {r.more} more errors not shown"))
+        raise ConfigError(issues)
     return Config(
         path=path,
         digest=hashlib.sha256(raw).hexdigest(),
@@ -627,16 +727,5 @@ def parse_config(raw: bytes, path: str = "<config>") -> Config:
         log=log,
         admin=admin,
         workers=workers,
-        swarm=swarm,
+        swarm=b.swarm,
     )
-
-
-def _keys(backends_node: yaml.Node, name: str) -> set[str]:
-    for k, v in cast(yaml.MappingNode, backends_node).value:
-        if k.value == name and isinstance(v, yaml.MappingNode):
-            return {str(kk.value) for kk, _ in v.value}
-    return set()
-
-
-def _replace_health(be: Backend, health: Health) -> Backend:
-    return dataclasses.replace(be, health=health)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from edgeproxy.config.values import Address, IPNetwork
+from edgeproxy.config.values import Address, IPNetwork, printable
 
 Mode = Literal["tcp", "http", "udp"]
 SendProxy = Literal["none", "v1", "v2"]
@@ -168,4 +168,6 @@ class Config:
         if self.swarm:
             parts.append(f"swarm: {swarm} backend(s) from services" + (", labels on" if self.swarm.labels else ""))
         parts.append(f"workers: {self.workers}")
-        return f"{self.path}: configuration OK; " + "; ".join(parts)
+        # printable(): the path comes from the command line, where a lone surrogate (a file name
+        # that is not UTF-8) would make print() raise.
+        return printable(f"{self.path}: configuration OK; " + "; ".join(parts))

@@ -13,20 +13,43 @@ from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*(ms|s|m|h)[ \t]*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# HAProxy's bound (2^31 - 1 ms, 24.8 days): longer timers overflow in some event loops, and a
+# longer timeout is a typo (``5000h``) rather than a wish.
+MAX_DURATION = 2147483.647
+MIN_DURATION = 0.001  # below 1ms a timer is 0 on the event loop's clock
 
 
 def parse_duration(text: str) -> float:
-    """``250ms``, ``5s``, ``2m``, ``1h`` -> seconds.
+    """``250ms``, ``5s``, ``2m``, ``1h`` -> seconds (0 to ``MAX_DURATION``).
 
     A bare number is refused rather than guessed: HAProxy reads it as milliseconds, nginx as
-    seconds, so either guess surprises half of our users.
+    seconds, so either guess surprises half of our users. ``1:30`` (YAML 1.1's base 60) is not
+    a duration either.
     """
-    m = _DURATION.match(text)
+    m = _DURATION.fullmatch(text)
     if not m:
-        raise ValueError(f"invalid duration {text!r}: use a number and a unit, e.g. 250ms, 5s, 2m")
-    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        raise ValueError(f"invalid duration {clip(text)}: use a number and a unit, e.g. 250ms, 5s, 2m")
+    seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{clip(text)} is too long: at most 2147483647ms (24.8 days)")
+    return seconds
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable written as an escape (``\\x00``,
+    ``\\ud800``), so that a message quoting a config value can always be printed and logged: a
+    lone surrogate cannot even be encoded to UTF-8."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a message: printable, and cut when long (a 1 MB value stays one line)."""
+    shown = printable(text if len(text) <= limit else text[:limit])
+    return f"'{shown}'" if len(text) <= limit else f"'{shown}...' ({len(text)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +71,8 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def parse_address(text: str, *, allow_hostname: bool = False, default_host: str | None = None) -> Address:
@@ -57,31 +81,47 @@ def parse_address(text: str, *, allow_hostname: bool = False, default_host: str 
     if text.startswith("["):
         end = text.find("]")
         if end < 0 or not text[end + 1 :].startswith(":"):
-            raise ValueError(f"invalid address {text!r}: IPv6 is written [addr]:port, e.g. [::1]:80")
+            raise ValueError(f"invalid address {clip(text)}: IPv6 is written [addr]:port, e.g. [::1]:80")
         host, port_text = text[1:end], text[end + 2 :]
         try:
             host = str(ipaddress.IPv6Address(host))
         except ValueError:
-            raise ValueError(f"invalid address {text!r}: {host!r} is not an IPv6 address") from None
+            raise ValueError(f"invalid address {clip(text)}: {clip(host)} is not an IPv6 address") from None
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep:
             host, port_text = "", text
         if ":" in host:
-            raise ValueError(f"invalid address {text!r}: write IPv6 in brackets, e.g. [::1]:80")
+            raise ValueError(f"invalid address {clip(text)}: write IPv6 in brackets, e.g. [::1]:80")
         if not host:
             if default_host is None:
-                raise ValueError(f"invalid address {text!r}: expected host:port")
+                raise ValueError(f"invalid address {clip(text)}: expected host:port")
             host = default_host
-        else:
+        elif not _is_dotted_quad(host):
             try:
                 host = str(ipaddress.IPv4Address(host))
             except ValueError:
-                if not allow_hostname or not _HOSTNAME.match(host):
-                    raise ValueError(f"invalid address {text!r}: {host!r} is not an IP address") from None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"invalid address {text!r}: port must be 1-65535")
+                # A name whose last label is all digits (256.0.0.1, 1) is a mistyped address,
+                # not a host name (RFC 1123 2.1): DNS would only fail later, server by server.
+                if not allow_hostname or not _HOSTNAME.fullmatch(host) or host.rpartition(".")[2].isdigit():
+                    raise ValueError(f"invalid address {clip(text)}: {clip(host)} is not an IP address") from None
+    # [0-9], not str.isdigit(): that is true for '²', which int() refuses.
+    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
+        raise ValueError(f"invalid address {clip(text)}: port must be 1-65535")
     return Address(host, int(port_text))
+
+
+def _is_dotted_quad(host: str) -> bool:
+    """``host`` is an IPv4 address written canonically (``10.0.0.1``; not ``010.0.0.1``).
+
+    inet_pton is ~10x faster than ipaddress for this, the common case of a large file's servers;
+    it refuses what ipaddress refuses (leading zeros, short forms), so both agree on the result.
+    """
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def parse_network(text: str) -> IPNetwork:
@@ -89,7 +129,7 @@ def parse_network(text: str) -> IPNetwork:
     try:
         return ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as e:
-        raise ValueError(f"invalid network {text!r}: {e}") from None
+        raise ValueError(f"invalid network {clip(text)}: {printable(str(e))[:200]}") from None
 
 
 def is_loopback(host: str) -> bool:

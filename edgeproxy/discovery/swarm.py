@@ -1,5 +1,5 @@
 """The swarm discovery component: keeps the pools' ``swarm`` servers (and the label backends and
-their routes) in step with the managers' API.
+their routes) in step with the managers' API, through the pool registry (pools/registry.py).
 
 Refresh = GET /nodes, /services, /tasks from the first manager that answers (the last good one
 first). It runs every ``swarm.refresh``, at once when /events reports a service or node change,
@@ -16,13 +16,13 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from edgeproxy.admin.metrics import Family
-from edgeproxy.config import Config, Route, SwarmConfig
+from edgeproxy.balance import Server
+from edgeproxy.config import Backend, Config, Route, SwarmConfig
 from edgeproxy.discovery.docker_api import APIError, DockerClient, Endpoint, NoLeader, filters
-from edgeproxy.discovery.labels import LabelError, enabled, label_backend
+from edgeproxy.discovery.labels import LabelBackend, LabelError, enabled, label_backend
 from edgeproxy.discovery.swarm_model import (
     INGRESS_HINT,
     Node,
@@ -34,11 +34,9 @@ from edgeproxy.discovery.swarm_model import (
     servers_for,
 )
 from edgeproxy.log import iso_time, log
-from edgeproxy.runtime import labelsync
-from edgeproxy.runtime.pools import BackendPool
-
-if TYPE_CHECKING:
-    from edgeproxy.runtime.proxy import Proxy
+from edgeproxy.metrics import Family
+from edgeproxy.pools import PoolRegistry
+from edgeproxy.staged import Staged
 
 FAST_INTERVAL = 1.0  # while tasks converge, and after an event
 FAST_WINDOW = 15.0  # seconds of fast refreshes after an event (a task takes a few s to start)
@@ -106,12 +104,15 @@ def discovered_manager_urls(cfg: SwarmConfig, nodes: Mapping[str, Node]) -> list
 
 
 class SwarmDiscovery:
-    """A Component (runtime/proxy.py). Counters are plain attributes, read by /metrics."""
+    """A control-plane component (runtime/control.py), on while the config has a ``swarm:``
+    section: a reload that adds one starts discovery, one that removes it stops it and withdraws
+    what it added. Counters are plain attributes, read by /metrics."""
 
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.config: SwarmConfig = _swarm(proxy.config)
-        self.clients = make_clients(self.config)
+    def __init__(self, registry: PoolRegistry) -> None:
+        self.registry = registry
+        self.full: Config | None = None  # the running config (backends and listeners name services)
+        self.config = SwarmConfig()
+        self.clients: list[DockerClient] = []
         self.refreshes = 0  # successful refreshes
         self.errors = 0  # failed refreshes (no manager answered)
         self.events = 0  # /events received
@@ -119,45 +120,75 @@ class SwarmDiscovery:
         self.swarm_up = 0  # 1 when the last refresh got an answer
         self.last_error = ""
         self.snapshot: Snapshot | None = None
-        self.label_pools: dict[str, BackendPool] = {}
+        self.label_backends: list[str] = []
         self._wake = asyncio.Event()
         self._first = asyncio.Event()  # set after the first refresh, answered or not
         self._fast_until = 0.0
         self._tasks_changed = 0.0  # monotonic time the watched tasks (ids, states) last changed
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: set[asyncio.Task[None]] = set()
         self._label_errors: dict[str, str] = {}  # service -> last error logged (log each once)
         self._published: dict[str, tuple[str, int]] = {}  # backend -> servers signature logged
 
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
     # -- Component ---------------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._refresh_loop()), asyncio.ensure_future(self._event_loop())]
-        # Serve with the discovered servers from the first request on when a manager answers at
-        # once ("edgeproxy started" then means it); never hold the start long for a dead one.
+    async def prepare(self, config: Config) -> Staged:
+        """The managers' clients are built here (reading TLS files may fail: the reload does)."""
+        swarm = config.swarm
+        if swarm is None:
+            return Staged(self._withdraw if self.running else None)
+        clients = self.clients if self.running and swarm == self.config else make_clients(swarm)
+
+        def commit() -> None:
+            self.full, self.config, self.clients = config, swarm, clients
+            if not self.running:
+                self._first.clear()
+                self._tasks = [
+                    asyncio.ensure_future(self._refresh_loop()),
+                    asyncio.ensure_future(self._event_loop()),
+                ]
+                return
+            self._apply_snapshot()  # new or re-created pools/listeners get the last known servers at once
+            self._wake.set()
+
+        return Staged(commit)
+
+    async def ready(self) -> None:
+        """Serve with the discovered servers from the first request on when a manager answers at
+        once ("edgeproxy started" then means it); never hold the start long for a dead one."""
+        if not self.running:
+            return
         wait = min(10.0, self.config.timeout * max(1, len(self.clients)) + 1.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first.wait(), wait)
 
-    async def reload(self, config: Config) -> None:
-        if config.swarm is None:
-            await self.stop()
-            self.snapshot = None
-            self._apply_snapshot()
-            return
-        if config.swarm != self.config:
-            self.config = config.swarm
-            self.clients = make_clients(self.config)
-        if not self._tasks:
-            await self.start()
-        self._apply_snapshot()  # new or re-created pools/listeners get the last known servers at once
-        self._wake.set()
-
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in [*tasks, *self._stopping]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+
+    def _withdraw(self) -> None:
+        """Discovery turned off by a reload: stop asking, and take back what it added (label
+        backends go; the servers it listed in configured pools leave them)."""
+        for t in self._tasks:
+            t.cancel()
+            self._stopping.add(t)
+            t.add_done_callback(self._stopping.discard)
         self._tasks = []
+        self.snapshot = None
+        self.swarm_up = 0
+        for name in sorted(self.registry.configured):
+            pool = self.registry.pools.get(name)
+            if pool is not None and pool.servers_by_source.get("swarm"):
+                self._publish(name, [])
+        self._set_label_backends({})
+        log.info("swarm: discovery stopped (no 'swarm:' section any more)")
 
     # -- loops -------------------------------------------------------------------------------------
     async def _refresh_loop(self) -> None:
@@ -238,10 +269,8 @@ class SwarmDiscovery:
 
     def _wanted(self, svc: Service) -> bool:
         """Services whose tasks discovery needs: named by a backend, or labelled."""
-        if any(
-            be.swarm is not None and be.swarm.service in (svc.name, svc.id)
-            for be in self.proxy.config.backends.values()
-        ):
+        backends = self.full.backends.values() if self.full is not None else ()
+        if any(be.swarm is not None and be.swarm.service in (svc.name, svc.id) for be in backends):
             return True
         return self.config.labels and enabled(svc)
 
@@ -263,30 +292,30 @@ class SwarmDiscovery:
 
     # -- applying a snapshot to the pools ----------------------------------------------------------
     def _apply_snapshot(self) -> None:
-        snap = self.snapshot
-        cfg = self.proxy.config
-        if snap is None:
-            # Discovery turned off by a reload: label backends go, swarm servers stay until the
-            # pools' own reload handling (a backend without swarm: has no swarm servers to keep).
-            self._set_label_pools({})
+        snap, cfg = self.snapshot, self.full
+        if snap is None or cfg is None:
             return
         for name, be in cfg.backends.items():
-            pool = self.proxy.pools.get(name)
-            if be.swarm is None or pool is None:
+            pool = self.registry.pools.get(name)
+            if pool is None:
+                continue
+            if be.swarm is None:
+                if pool.servers_by_source.get("swarm"):
+                    self._publish(name, [])  # a reload took its swarm: reference away
                 continue
             svc = snap.services.get(be.swarm.service)
             if svc is None:
-                self._publish(pool, [])
+                self._publish(name, [])
                 continue
             self._warn_ingress(svc, be.swarm.port)
-            self._publish(pool, servers_for(svc, snap.tasks, snap.nodes, be.swarm.port, self._protocol(name)))
-        wanted: dict[str, Any] = {}
+            self._publish(name, servers_for(svc, snap.tasks, snap.nodes, be.swarm.port, self._protocol(name)))
+        wanted: dict[str, tuple[LabelBackend, list[Server]]] = {}
         if cfg.swarm is not None and cfg.swarm.labels:
             wanted = self._label_backends(snap, cfg)
-        self._set_label_pools(wanted)
+        self._set_label_backends(wanted)
 
-    def _label_backends(self, snap: Snapshot, cfg: Config) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def _label_backends(self, snap: Snapshot, cfg: Config) -> dict[str, tuple[LabelBackend, list[Server]]]:
+        out: dict[str, tuple[LabelBackend, list[Server]]] = {}
         for svc in snap.services.values():
             if not enabled(svc):
                 continue
@@ -305,45 +334,31 @@ class SwarmDiscovery:
             out[svc.name] = (lb, servers)
         return out
 
-    def _set_label_pools(self, wanted: Mapping[str, Any]) -> None:
-        pools = self.proxy.pools
-        for name in list(self.label_pools):
-            if name not in wanted:
-                pool = self.label_pools.pop(name)
-                self.proxy.dynamic_pools.discard(name)
-                if name in self.proxy.config.backends:
-                    continue  # a reload made it a backend of the config file: that one owns it now
-                pool.set_source("swarm", [])
-                if pools.get(name) is pool:
-                    del pools[name]
-                self._published.pop(name, None)
-                log.info("swarm: label backend removed", backend=name)
+    def _set_label_backends(self, wanted: Mapping[str, tuple[LabelBackend, list[Server]]]) -> None:
+        before = set(self.label_backends)
+        for name in sorted(before - wanted.keys()):
+            self._published.pop(name, None)
+            log.info("swarm: label backend removed", backend=name)
+        backends: dict[str, Backend] = {}
         routes: dict[str, list[Route]] = {}
-        for name, (lb, servers) in wanted.items():
-            existing = self.label_pools.get(name)
-            if existing is None:
-                pool = BackendPool(lb.backend)
-                self.label_pools[name] = pool
+        for name, (lb, _servers) in wanted.items():
+            if name not in before:
                 log.info("swarm: label backend added", backend=name, listener=lb.listener, route=_route_text(lb.route))
-            else:
-                pool = existing
-                if pool.config != lb.backend:
-                    pool.reconfigure(lb.backend)
-            pools[name] = pool
-            self.proxy.dynamic_pools.add(name)
-            self._publish(pool, servers)
+            backends[name] = lb.backend
             if lb.route is not None and lb.listener is not None:
                 routes.setdefault(lb.listener, []).append(lb.route)
-        self.proxy.label_routes = {name: tuple(sorted(rs, key=_route_order)) for name, rs in routes.items()}
-        labelsync.publish_routes(self.proxy)
+        self.registry.set_label_backends(backends, {name: sorted(rs, key=_route_order) for name, rs in routes.items()})
+        self.label_backends = sorted(wanted)
+        for name, (_lb, servers) in wanted.items():
+            self._publish(name, servers)
 
-    def _publish(self, pool: BackendPool, servers: list[Any]) -> None:
-        pool.set_source("swarm", servers)
+    def _publish(self, backend: str, servers: list[Server]) -> None:
+        self.registry.set_servers(backend, "swarm", servers)
         shown = [f"{s.name} {s.state.value}" for s in servers]
         signature = (";".join(shown), len(servers))
-        if self._published.get(pool.name) != signature:
-            self._published[pool.name] = signature
-            log.info("swarm: servers changed", backend=pool.name, servers=shown)
+        if self._published.get(backend) != signature:
+            self._published[backend] = signature
+            log.info("swarm: servers changed", backend=backend, servers=shown)
 
     def _warn_ingress(self, svc: Service, port: int) -> None:
         if any(p.target == port for p in svc.ingress_ports()) and self._label_errors.get(svc.name) != "ingress":
@@ -351,26 +366,33 @@ class SwarmDiscovery:
             log.warning("swarm: port published in ingress mode", service=svc.name, port=port, hint=INGRESS_HINT)
 
     def _protocol(self, backend: str) -> str:
-        modes = {lst.mode for lst in self.proxy.config.listeners if lst.backend == backend}
+        listeners = self.full.listeners if self.full is not None else ()
+        modes = {lst.mode for lst in listeners if lst.backend == backend}
         return "udp" if "udp" in modes else "tcp"
 
     # -- metrics and /status -------------------------------------------------------------------------
-    def status_section(self) -> tuple[str, dict[str, Any]]:
-        """The ``swarm`` section of /status."""
+    def status(self) -> dict[str, Any]:
+        """The ``swarm`` section of /status (none while discovery is off)."""
+        if not self.running:
+            return {}
         snap = self.snapshot
-        return "swarm", {
-            "up": bool(self.swarm_up),
-            "manager": snap.manager if snap else None,
-            "managers": [c.url for c in self.clients],
-            "refreshes": self.refreshes,
-            "errors": self.errors,
-            "events": self.events,
-            "last_success": iso_time(self.last_success) if self.last_success else None,
-            "last_error": self.last_error or None,
-            "label_backends": sorted(self.label_pools),
+        return {
+            "swarm": {
+                "up": bool(self.swarm_up),
+                "manager": snap.manager if snap else None,
+                "managers": [c.url for c in self.clients],
+                "refreshes": self.refreshes,
+                "errors": self.errors,
+                "events": self.events,
+                "last_success": iso_time(self.last_success) if self.last_success else None,
+                "last_error": self.last_error or None,
+                "label_backends": self.label_backends,
+            }
         }
 
-    def metric_families(self) -> list[Family]:
+    def collect(self) -> list[Family]:
+        if not self.running:
+            return []
         up = Family("edgeproxy_swarm_up", "gauge", "1 when the last discovery refresh got an answer from a manager")
         up.add(self.swarm_up)
         refreshes = Family("edgeproxy_swarm_refreshes_total", "counter", "Swarm discovery refreshes, by result")
@@ -381,11 +403,6 @@ class SwarmDiscovery:
         last = Family("edgeproxy_swarm_last_success_timestamp_seconds", "gauge", "When discovery last succeeded")
         last.add(self.last_success or 0)
         return [up, refreshes, events, last]
-
-
-def _swarm(config: Config) -> SwarmConfig:
-    assert config.swarm is not None
-    return config.swarm
 
 
 def _route_text(route: Route | None) -> str | None:

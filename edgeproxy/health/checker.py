@@ -6,9 +6,11 @@ spread over the interval: the servers a reconcile finds are given evenly spaced 
 offsets, so N servers are not probed in one burst. This runs once per edgeproxy (the single
 process or the supervisor), so with several workers a server is still checked once per interval.
 
-The server set is re-read every ``RECONCILE`` seconds (and on reload): servers that discovery
-or a reload added get a task, servers that left lose theirs. The ``Server`` objects are kept
-across reloads by the pools, so a server that stays keeps its health state and counters.
+The checker follows the pool registry (pools/registry.py): each change it announces (servers
+that discovery or a reload added or removed) re-reads the server set on the next loop turn, so a
+new server gets a task at once and one that left loses its task. Verdicts go back through the
+registry (``set_check_down``), which tells the workers. The ``Server`` objects are kept across
+reloads by the pools, so a server that stays keeps its health state and counters.
 """
 
 from __future__ import annotations
@@ -17,19 +19,17 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from edgeproxy.admin.metrics import Family
-from edgeproxy.balance import CheckResult, Server, ServerState
+from edgeproxy.balance import CheckResult, Server
 from edgeproxy.config import Config
 from edgeproxy.health.probes import probe
 from edgeproxy.log import log
+from edgeproxy.metrics import Family
+from edgeproxy.pools import Change, PoolRegistry
+from edgeproxy.staged import Staged
 
-if TYPE_CHECKING:
-    from edgeproxy.runtime.proxy import Proxy
-
-RECONCILE = 0.5
 Key = tuple[str, Server]  # (backend name, the server object: kept by the pools across reloads)
 
 
@@ -47,20 +47,33 @@ class _Check:
 
 
 class HealthChecker:
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    """A control-plane component (runtime/control.py): checks every server of the registry's pools."""
+
+    def __init__(self, registry: PoolRegistry) -> None:
+        self.registry = registry
         self.checks: dict[Key, _Check] = {}
-        self._reconciler: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._soon: asyncio.Handle | None = None
 
-    async def start(self) -> None:
-        self._reconcile()
-        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_loop())
+    # -- Component ---------------------------------------------------------------------------------
+    async def prepare(self, config: Config) -> Staged:
+        # Nothing to prepare: a reload's pools reach the checker as a registry change.
+        return Staged(None if self._unsubscribe is not None else self._start)
 
-    async def reload(self, config: Config) -> None:
+    def _start(self) -> None:
+        self._unsubscribe = self.registry.subscribe(self._changed)
         self._reconcile()
+
+    async def ready(self) -> None:
+        return None
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._reconciler, *(c.task for c in self.checks.values())] if t is not None]
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._soon is not None:
+            self._soon.cancel()
+        tasks = [c.task for c in self.checks.values() if c.task is not None]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -68,14 +81,19 @@ class HealthChecker:
                 await t
         self.checks.clear()
 
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RECONCILE)
-            self._reconcile()
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    # -- following the registry ----------------------------------------------------------------------
+    def _changed(self, change: Change) -> None:
+        # A burst of changes (a discovery refresh, a reload) is one reconcile, on the next loop turn.
+        if change.pools and self._soon is None:
+            self._soon = asyncio.get_running_loop().call_soon(self._reconcile)
 
     def _reconcile(self) -> None:
+        self._soon = None
         wanted: dict[Key, tuple[str, Server]] = {}
-        for name, pool in self.proxy.pools.items():
+        for name, pool in self.registry.pools.items():
             if pool.config.health.type == "none":
                 continue
             for s in pool.servers:
@@ -84,16 +102,15 @@ class HealthChecker:
             check = self.checks.pop(key)
             if check.task is not None:
                 check.task.cancel()
-            check.server.check_down = False  # nobody checks it any more; back to passive health only
-            if check.server.state is ServerState.DOWN:
-                check.server.state = check.server.resting_state()
+            if check.server.check_down:  # nobody checks it any more: back to passive health only
+                self.registry.set_check_down(check.backend, check.server, False)
         new = [(k, v) for k, v in wanted.items() if k not in self.checks]
         by_backend: dict[str, list[tuple[Key, Server]]] = {}
         for key, (name, s) in new:
             by_backend.setdefault(name, []).append((key, s))
         loop = asyncio.get_running_loop()
         for name, items in by_backend.items():
-            interval = self.proxy.pools[name].config.health.interval
+            interval = self.registry.pools[name].config.health.interval
             phase = random.uniform(0, interval / max(len(items), 1))
             for i, (key, s) in enumerate(items):
                 check = self.checks[key] = _Check(name, s)
@@ -105,7 +122,7 @@ class HealthChecker:
         next_at = loop.time() + offset
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            pool = self.proxy.pools.get(check.backend)
+            pool = self.registry.pools.get(check.backend)
             if pool is None:
                 return
             cfg = pool.config
@@ -119,7 +136,7 @@ class HealthChecker:
     def _record(self, check: _Check, ok: bool, detail: str, took: float) -> None:
         s = check.server
         s.last_check = CheckResult(ok=ok, detail=detail, time=time.time(), duration=took)
-        pool = self.proxy.pools.get(check.backend)
+        pool = self.registry.pools.get(check.backend)
         if pool is None:
             return
         health = pool.config.health
@@ -128,22 +145,15 @@ class HealthChecker:
             check.passes += 1
             check.fails = 0
             if s.check_down and check.passes >= health.rise:
-                s.check_down = False
-                self._settle(s)
+                self.registry.set_check_down(check.backend, s, False)
                 log.info("server up", backend=check.backend, server=s.name, check=detail, rise=health.rise)
         else:
             check.failed_total += 1
             check.fails += 1
             check.passes = 0
             if not s.check_down and check.fails >= health.fall:
-                s.check_down = True
-                self._settle(s)
+                self.registry.set_check_down(check.backend, s, True)
                 log.warning("server down", backend=check.backend, server=s.name, check=detail, fall=health.fall)
-
-    @staticmethod
-    def _settle(s: Server) -> None:
-        if s.state is not ServerState.DRAIN:  # a draining server stays draining; it rests here later
-            s.state = s.resting_state()
 
     def collect(self) -> Iterable[Family]:
         checks = Family("edgeproxy_health_checks_total", "counter", "Active health checks, by result")

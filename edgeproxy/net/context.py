@@ -1,6 +1,9 @@
 """What the connections of one listener share: its config, the backend pools, the set of open
 connections (for drain and max_connections) and its counters. A reload calls ``update`` so new
-connections see the new settings while open ones keep theirs."""
+connections see the new settings while open ones keep theirs.
+
+``pools`` is the registry's mapping (pools/registry.py): one object for the life of the process,
+changed in place, so a listener sees every pool a reload or discovery adds without being told."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from edgeproxy.config import Listener, Route, Timeouts
+from edgeproxy.pools import BackendPool
 from edgeproxy.proto.forwarded import ForwardingPolicy
 from edgeproxy.proto.routing import RouteTable
-from edgeproxy.runtime.pools import BackendPool
 from edgeproxy.stats import ListenerStats
 
 
@@ -27,18 +30,19 @@ class ListenerContext:
         listener: Listener,
         timeouts: Timeouts,
         pools: Mapping[str, BackendPool],
+        extra_routes: tuple[Route, ...] = (),
     ) -> None:
         self.loop = loop
+        self.pools = pools
         self.connections: set[Closable] = set()
         self.stats = ListenerStats()
         self.on_count: Callable[[int], None] | None = None  # set by the accept gate
-        self._extra_routes: tuple[Route, ...] = ()
-        self.update(listener, timeouts, pools)
+        self._extra_routes = extra_routes
+        self.update(listener, timeouts)
 
-    def update(self, listener: Listener, timeouts: Timeouts, pools: Mapping[str, BackendPool]) -> None:
+    def update(self, listener: Listener, timeouts: Timeouts) -> None:
         self.listener = listener
         self.timeouts = timeouts
-        self.pools = pools
         # Client and server inactivity end the same relay, so one timer with the smaller limit.
         self.idle_timeout = min(timeouts.client_idle_for(listener.mode), timeouts.server_idle)
         self.trusted_proxies = listener.accept_proxy.trusted if listener.accept_proxy else ()
@@ -52,8 +56,10 @@ class ListenerContext:
 
     @extra_routes.setter
     def extra_routes(self, routes: tuple[Route, ...]) -> None:
-        self._extra_routes = tuple(routes)
-        self._build_routes()
+        routes = tuple(routes)
+        if routes != self._extra_routes:
+            self._extra_routes = routes
+            self._build_routes()
 
     def _build_routes(self) -> None:
         routes = (*self.listener.routes, *self._extra_routes)

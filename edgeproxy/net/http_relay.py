@@ -39,7 +39,7 @@ from edgeproxy.proto.http_response import UNTIL_CLOSE, with_connection_close
 if TYPE_CHECKING:
     from edgeproxy.balance import Server
     from edgeproxy.net.context import ListenerContext
-    from edgeproxy.runtime.pools import BackendPool
+    from edgeproxy.pools import BackendPool
 
 LINGER_SECONDS = 2.0
 

@@ -14,7 +14,7 @@ from edgeproxy.log import log
 if TYPE_CHECKING:
     from edgeproxy.balance import Server
     from edgeproxy.net.context import ListenerContext
-    from edgeproxy.runtime.pools import BackendPool
+    from edgeproxy.pools import BackendPool
 
 # How long a server that refused a connect is kept out of rotation before it is tried again
 # (passive health): long enough that a burst of clients does not each pay for the same dead

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import Protocol
 
-from edgeproxy.config import Forwarded
-from edgeproxy.config.values import IPNetwork
 from edgeproxy.proto.http_request import (
     FORWARDED,
     FORWARDING_NAMES,
@@ -38,6 +37,18 @@ from edgeproxy.proto.http_request import (
 )
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Forwarded(Protocol):
+    """A listener's ``forwarded:`` settings as this module reads them (config.Forwarded is one)."""
+
+    @property
+    def trusted(self) -> tuple[IPNetwork, ...]: ...
+
+    @property
+    def headers(self) -> tuple[str, ...]: ...
+
 
 _REAL_IP_NAMES = frozenset(spellings(b"x-real-ip"))
 

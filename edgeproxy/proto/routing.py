@@ -18,8 +18,21 @@ removal), and ``path_prefix`` is a plain prefix like HAProxy's ``path_beg`` and 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
-from edgeproxy.config import Route
+
+class Route(Protocol):
+    """A route as this module reads it (config.Route is one): sans-IO code takes plain values."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def host(self) -> str | None: ...
+
+    @property
+    def path_prefix(self) -> str | None: ...
+
 
 _Entries = tuple[tuple[bytes, str], ...]  # (path prefix, backend), longest prefix first
 

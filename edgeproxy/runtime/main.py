@@ -1,33 +1,101 @@
-"""Process entry for ``edgeproxy run``."""
+"""The composition root: the one place that builds a process's parts and hands each the narrow
+interface it needs (ARCHITECTURE.md).
+
+- ``serve(config)`` (``edgeproxy run``): ``workers: 1`` is one process with the data plane and
+  the control plane (runtime/single.py); more is a supervisor with the control plane
+  (runtime/supervisor.py) and that many worker processes.
+- ``python -m edgeproxy.runtime.main worker FD ID``: a worker process (runtime/worker.py), the
+  data plane only, driven by its channel to the supervisor.
+
+Every process has one pool registry (pools/registry.py), shared by its data plane and, where it
+runs, its control plane. The control plane's components are listed in ``control_plane``: a new
+one (TLS certificates, ACME) is built there with what it needs, and nowhere else. The data plane's
+per-process resources (the upstream idle connection pools of net/upstream_pool.py) belong here
+too, created with the data plane and closed after it.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
+from edgeproxy.admin.server import AdminServer
+from edgeproxy.admin.view import StatsView
 from edgeproxy.config import Config
+from edgeproxy.discovery.swarm import SwarmDiscovery
+from edgeproxy.health.checker import HealthChecker
 from edgeproxy.log import log
 from edgeproxy.net.loop import loop_name, run
-from edgeproxy.runtime.proxy import Proxy
+from edgeproxy.pools import PoolRegistry
+from edgeproxy.runtime.control import ControlPlane
+from edgeproxy.runtime.dataplane import DataPlane
+from edgeproxy.runtime.process import ProcessLoop
+from edgeproxy.runtime.reload import describe
+from edgeproxy.runtime.single import SingleProcess
+from edgeproxy.runtime.sockets import SocketSet
 from edgeproxy.runtime.supervisor import Supervisor
+from edgeproxy.runtime.worker import Worker
+
+
+def control_plane(registry: PoolRegistry, view: StatsView) -> ControlPlane:
+    """The components that run once per edgeproxy, in the order they start."""
+    return ControlPlane([HealthChecker(registry), SwarmDiscovery(registry), AdminServer(view, registry)])
+
+
+def build(config: Config) -> SingleProcess | Supervisor:
+    """The process that owns the config file: the single process, or the supervisor."""
+    registry = PoolRegistry()
+    sockets = SocketSet()
+    if config.workers <= 1:
+        dataplane = DataPlane(registry, sockets)
+        return SingleProcess(config, registry, sockets, dataplane, lambda view: control_plane(registry, view))
+    return Supervisor(config, registry, sockets, lambda view: control_plane(registry, view))
+
+
+def build_worker(channel_fd: int, wid: int) -> Worker:
+    registry = PoolRegistry()
+    sockets = SocketSet(can_bind=False)
+    return Worker(channel_fd, wid, registry, sockets, DataPlane(registry, sockets))
 
 
 def serve(config: Config) -> int:
-    """Run one proxy process until stopped; 0 on a clean stop, 1 if it could not start."""
+    """Run until stopped; 0 on a clean stop, 1 if it could not start."""
 
     async def main() -> int:
-        # workers: 1 runs in this one process, with no supervisor (SPEC.md, issue 4).
-        proxy = Proxy(config) if config.workers <= 1 else Supervisor(config)
         try:
-            await proxy.run()
-        except OSError as e:
-            log.error("cannot start", error=str(e.strerror or e), loop=loop_name())
+            await ProcessLoop(build(config)).run()
+        except Exception as e:
+            log.error("cannot start", error=describe(e), loop=loop_name())
             return 1
         return 0
 
+    return _run(main())
+
+
+def serve_worker(channel_fd: int, wid: int) -> int:
+    log.worker = wid
+
+    async def main() -> int:
+        return await build_worker(channel_fd, wid).run()
+
+    return _run(main())
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
     try:
-        return run(main())
+        return run(main)
     except KeyboardInterrupt:
         return 1
     finally:
         log.flush()
         sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    import signal
+
+    if sys.argv[1:2] != ["worker"] or len(sys.argv) != 4:
+        sys.exit("usage: python -m edgeproxy.runtime.main worker CHANNEL_FD WORKER_ID (started by the supervisor)")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handler is installed
+    sys.exit(serve_worker(int(sys.argv[2]), int(sys.argv[3])))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable
 
-from edgeproxy.config import Address, Listener
+from edgeproxy.config import Address, Config, Listener
+from edgeproxy.staged import Staged
 
 SocketKey = tuple[str, str, int]  # ("tcp" | "udp", host, port)
 BACKLOG = 1024
@@ -14,6 +15,11 @@ BACKLOG = 1024
 
 def socket_key(listener: Listener, addr: Address) -> SocketKey:
     return ("udp" if listener.mode == "udp" else "tcp", addr.host, addr.port)
+
+
+def socket_keys(config: Config) -> list[SocketKey]:
+    """Every socket a configuration listens on."""
+    return [socket_key(lst, a) for lst in config.listeners for a in lst.bind]
 
 
 def bind_socket(key: SocketKey) -> socket.socket:
@@ -47,6 +53,7 @@ class SocketSet:
     def __init__(self, *, can_bind: bool = True) -> None:
         self.sockets: dict[SocketKey, socket.socket] = {}
         self.can_bind = can_bind
+        self.committed: set[SocketKey] = set()  # the sockets of the running configuration
 
     def adopt(self, key: SocketKey, sock: socket.socket) -> None:
         old = self.sockets.get(key)
@@ -67,12 +74,30 @@ class SocketSet:
                     self.sockets[key] = bind_socket(key)
                     added.append(key)
         except OSError as e:
-            for key in added:
-                self.sockets.pop(key).close()
+            for done in added:  # not `key`: that one names the address that failed
+                self.sockets.pop(done).close()
             proto, host, port = key
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise OSError(e.errno, f"cannot bind {proto} {where}: {e.strerror}") from None
         return added
+
+    def stage(self, keys: Iterable[SocketKey]) -> Staged:
+        """A reload's sockets: bind what is missing now (OSError if one cannot be). ``commit``
+        closes the sockets no longer listed; ``abort`` (or a failure here) closes every socket
+        the running configuration does not use: those this bound, and in a worker those the
+        supervisor passed for the reload that failed."""
+        wanted = list(keys)
+        try:
+            self.ensure(wanted)
+        except OSError:
+            self.retain(self.committed)
+            raise
+
+        def commit() -> None:
+            self.committed = set(wanted)
+            self.retain(self.committed)
+
+        return Staged(commit, lambda: self.retain(self.committed))
 
     def get(self, key: SocketKey) -> socket.socket:
         return self.sockets[key]

@@ -5,13 +5,17 @@ Design (nginx's master/worker model, with in-place reload):
   Unix socketpair; runtime/channel.py). All workers accept from the *same* socket, so there is
   one accept queue per address: when a worker exits, is killed or restarts, connections waiting
   in the queue are accepted by the others. (With SO_REUSEPORT each worker would own a queue, and
-  the connections queued on an exiting worker's socket would be reset.)
-- SIGHUP: the supervisor reads and validates the file once, binds any new address, then sends
-  the new sockets and the file's bytes to every worker, which applies them in place (the same
-  code as ``workers: 1``): open connections, including long ones, are not disturbed. The
-  supervisor closes its copy of a removed socket only after every worker has let go of it.
+  the connections queued on an exiting worker's socket would be reset.) The hand-over is per
+  worker (``_give_sockets``), so a worker of its own socket (a UDP SO_REUSEPORT group) is a
+  small change there.
+- SIGHUP is a two-phase commit over the workers (runtime/reload.py): the supervisor reads and
+  validates the file once, binds any new address and prepares its control plane; then sends the
+  new sockets and the file's bytes to every worker, which prepares its data plane (``prepare``)
+  and says whether it could. Only when every worker could does each get ``commit`` (and the
+  supervisor commit its own side); otherwise every worker gets ``abort`` and the whole edgeproxy
+  keeps the old configuration. Open connections, including long ones, are not disturbed.
 - Control plane once: health checks, discovery and the admin endpoint run here, on the
-  supervisor's own pools; what they change reaches the workers by runtime/poolsync.py. So a
+  supervisor's pool registry; every change to it reaches the workers (pools/wire.py). So a
   server is checked once per interval whatever the number of workers.
 - /metrics asks every worker for its counters and sums them, plus the last counters of workers
   that have exited, so the totals never go backwards when a worker is restarted.
@@ -24,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import signal
 import socket
 import subprocess
@@ -32,18 +35,20 @@ import sys
 import time
 from typing import Any
 
-from edgeproxy.admin.metrics import Families, Family, merge
-from edgeproxy.config import Config, parse_config
+from edgeproxy.config import Config
 from edgeproxy.log import iso_time, log
-from edgeproxy.runtime import labelsync, poolsync
+from edgeproxy.metrics import Families, Family, merge
+from edgeproxy.pools import Change, PoolRegistry, wire
+from edgeproxy.runtime import reload
 from edgeproxy.runtime.channel import Channel, ChannelClosed, Message
-from edgeproxy.runtime.proxy import Proxy
-from edgeproxy.runtime.sockets import SocketKey
+from edgeproxy.runtime.role import ControlRole, MakeControl
+from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_keys
+from edgeproxy.staged import Staged
 
+WORKER_MODULE = "edgeproxy.runtime.main"  # ``python -m edgeproxy.runtime.main worker FD ID``
 START_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 30.0
 STATS_TIMEOUT = 2.0
-SYNC_INTERVAL = 0.1  # how often pool changes (health, discovery, admin) are pushed to workers
 STABLE_AFTER = 10.0  # a worker that lived this long is restarted at once; earlier deaths back off
 
 
@@ -69,37 +74,55 @@ class WorkerHandle:
         }
 
 
-class Supervisor(Proxy):
-    def __init__(self, config: Config) -> None:
-        super().__init__(config, role="supervisor")
+class Supervisor(ControlRole):
+    serving_step = "workers"
+
+    def __init__(self, config: Config, registry: PoolRegistry, sockets: SocketSet, make_control: MakeControl) -> None:
+        super().__init__(config, registry, sockets, make_control)
         self.workers: dict[int, WorkerHandle] = {}
         self.exited: Families = {}  # counters of workers that are gone, kept so totals never drop
         self.restarts_total = 0
         self.raw = b""
-        self._sent_pools: dict[str, poolsync.PoolSnapshot] = {}
-        self._sent_labels: dict[str, Any] = {}
-        self._sync: asyncio.TimerHandle | None = None
+        self._sent_labels: dict[str, Any] | None = None
+        self._sent_servers: dict[str, wire.PoolSnapshot] = {}
+        self._dirty: set[str] = set()
+        self._push_soon: asyncio.Handle | None = None
         self._backoff: dict[int, float] = {}
+        self._reaping: set[asyncio.Task[None]] = set()
+        self._acks: list[asyncio.Future[Message]] = []  # workers' answers to commit or abort
+        self._spawned = False  # the first workers are spawned by the start's transaction
+        # A worker (re)started while a reload is under way would get the old file: one at a time.
+        self._config_lock = asyncio.Lock()
+        registry.subscribe(self._registry_changed)
 
     # -- start -----------------------------------------------------------------------------------
-    async def _start_serving(self) -> None:
+    async def start(self) -> None:
         with open(self.config.path, "rb") as fh:
             raw = fh.read()
         if hashlib.sha256(raw).hexdigest() != self.config.digest:
             # The file changed since the command line validated it: run what it says now.
-            self.config = parse_config(raw, self.config.path)
+            self._config = reload.parse(raw, self.config.path)
         self.raw = raw
-        handles = await asyncio.gather(*(self._spawn(i) for i in range(1, self.config.workers + 1)))
-        failed = [h for h in handles if not h.ready]
-        if failed:
-            for h in handles:
-                self._kill(h)
-            raise OSError(0, f"worker {failed[0].id} could not start")
-        self._sync = self.loop.call_later(SYNC_INTERVAL, self._sync_pools)
+        await super().start()
+        # The workers get the discovered servers and label backends now, not one change later.
+        self._push(full=True)
 
-    def _control_plane_started(self) -> None:
-        # The workers get the discovered servers and label backends now, not one sync interval later.
-        self._push_pools(full=True)
+    async def _prepare_serving(self, new: Config, raw: bytes) -> Staged:
+        if not self._spawned:  # the start: spawn them (they get the file and the sockets)
+            self._spawned = True
+            handles = await asyncio.gather(*(self._spawn(i) for i in range(1, new.workers + 1)))
+            failed = [h for h in handles if not h.ready]
+            if failed:
+                for h in handles:
+                    self._kill(h)
+                raise OSError(0, f"worker {failed[0].id} could not start")
+            return Staged()
+        return await self._prepare_workers(new, raw)
+
+    def _set_config(self, new: Config, raw: bytes) -> None:
+        super()._set_config(new, raw)
+        if raw:
+            self.raw = raw
 
     def _start_fields(self) -> dict[str, Any]:
         return {"workers": len(self.workers), "worker_pids": [h.proc.pid for h in self.workers.values()]}
@@ -108,7 +131,7 @@ class Supervisor(Proxy):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with child:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edgeproxy.runtime.worker", str(child.fileno()), str(wid)],
+                [sys.executable, "-m", WORKER_MODULE, "worker", str(child.fileno()), str(wid)],
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -124,8 +147,9 @@ class Supervisor(Proxy):
             reply = {"ok": False, "error": str(e) or "timeout"}
         if reply.get("ok"):
             h.ready = True
-            h.channel.send({"op": "labels", **labelsync.to_wire(self)})  # before the pools that fill them
-            h.channel.send({"op": "pools", "pools": poolsync.to_wire(poolsync.snapshots(self.pools))})
+            h.channel.send(
+                {"op": "registry", **wire.message(wire.labels(self.registry), wire.snapshots(self.registry))}
+            )
         else:
             log.error("worker failed to start", worker=wid, pid=proc.pid, error=reply.get("error"))
         return h
@@ -145,7 +169,9 @@ class Supervisor(Proxy):
 
     # -- workers that exit -----------------------------------------------------------------------
     def _worker_gone(self, h: WorkerHandle) -> None:
-        self.loop.create_task(self._reap(h))
+        task = asyncio.get_running_loop().create_task(self._reap(h))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
 
     async def _reap(self, h: WorkerHandle) -> None:
         for _ in range(500):  # the channel closes as the process exits; wait for its status
@@ -168,10 +194,11 @@ class Supervisor(Proxy):
         self._backoff[h.id] = delay
         log.error("worker died; restarting it", worker=h.id, pid=h.proc.pid, status=how, restart_in_s=delay)
         await asyncio.sleep(delay)
-        if self.draining or h.id in self.workers:
-            return
-        self.restarts_total += 1
-        new = await self._spawn(h.id, h.restarts + 1)
+        async with self._config_lock:
+            if self.draining or h.id in self.workers:
+                return
+            self.restarts_total += 1
+            new = await self._spawn(h.id, h.restarts + 1)
         if new.ready:
             log.warning("worker restarted", worker=h.id, pid=new.proc.pid, restarts=new.restarts)
 
@@ -181,26 +208,51 @@ class Supervisor(Proxy):
                 h.proc.kill()
             h.proc.wait()
 
-    # -- reload ----------------------------------------------------------------------------------
-    async def _apply_serving(self, old: Config, new: Config, raw: bytes) -> None:
-        """Push the validated file and any new socket to every worker and wait for them."""
-        self.raw = raw
-        live = [h for h in self.workers.values() if h.channel is not None and not h.channel.closed]
-        keys = set(self._socket_keys(new))
+    # -- reload: prepare every worker, then commit all or abort all --------------------------------
+    async def reload(self) -> bool:
+        async with self._config_lock:
+            return await super().reload()
+
+    def _live(self) -> list[WorkerHandle]:
+        return [h for h in self.workers.values() if h.channel is not None and not h.channel.closed and not h.stopping]
+
+    async def _prepare_workers(self, new: Config, raw: bytes) -> Staged:
+        live = self._live()
         for h in live:
             self._give_sockets(h)
-            h.sent &= keys
-        msg = {"op": "config", "path": new.path, "raw": raw.decode()}
+        msg = {"op": "prepare", "path": new.path, "raw": raw.decode()}
         replies = await asyncio.gather(*(self._request(h, msg, RELOAD_TIMEOUT) for h in live), return_exceptions=True)
+        errors = []
         for h, r in zip(live, replies, strict=True):
+            if isinstance(r, BaseException):
+                errors.append(f"worker {h.id}: {str(r) or type(r).__name__}")
+            elif not r.get("ok"):
+                errors.append(f"worker {h.id}: {r.get('error')}")
+
+        def tell(op: str) -> None:
+            # Answered once the worker has switched (or dropped what it prepared): _settle waits.
+            self._acks = [asyncio.ensure_future(self._request(h, {"op": op}, RELOAD_TIMEOUT)) for h in live]
+
+        def end(op: str, config: Config) -> None:
+            tell(op)
+            keys = set(socket_keys(config))  # each worker now holds exactly these sockets
+            for h in live:
+                h.sent &= keys
+
+        if errors:
+            end("abort", self.config)
+            raise reload.ReloadFailed("workers", errors)
+        return Staged(lambda: end("commit", new), lambda: end("abort", self.config))
+
+    async def _settle(self) -> None:
+        acks, self._acks = self._acks, []
+        replies = await asyncio.gather(*acks, return_exceptions=True)
+        for r in replies:
             if isinstance(r, BaseException) or not r.get("ok"):
-                log.error(
-                    "worker did not apply the reload",
-                    worker=h.id,
-                    error=str(r if isinstance(r, BaseException) else r.get("error")),
-                )
-        self._push_pools(full=True)
-        await self._scale(new.workers)
+                log.warning("a worker did not confirm the reload's end", error=str(r))
+
+    async def _after_reload(self) -> None:
+        await self._scale(self.config.workers)
 
     async def _request(self, h: WorkerHandle, msg: Message, timeout: float) -> Message:
         if h.channel is None:
@@ -220,24 +272,29 @@ class Supervisor(Proxy):
                 if h.channel is not None:
                     h.channel.send({"op": "stop"})
 
-    # -- pools to workers ------------------------------------------------------------------------
-    def _sync_pools(self) -> None:
-        self._sync = self.loop.call_later(SYNC_INTERVAL, self._sync_pools)
-        self._push_pools(full=False)
+    # -- the registry to the workers ---------------------------------------------------------------
+    def _registry_changed(self, change: Change) -> None:
+        """Health checks, discovery, the admin API or a reload changed the registry: the workers
+        are told on the next loop turn (one message for a burst of changes)."""
+        self._dirty |= change.pools
+        if self._push_soon is None:
+            self._push_soon = asyncio.get_running_loop().call_soon(self._push)
 
-    def _push_pools(self, *, full: bool) -> None:
-        labels = labelsync.to_wire(self)
-        if full or labels != self._sent_labels:  # label backends first: the pool updates fill them
-            self._sent_labels = labels
-            for h in self.workers.values():
-                if h.channel is not None and h.ready:
-                    h.channel.send({"op": "labels", **labels})
-        snaps = poolsync.snapshots(self.pools)
-        diff = snaps if full else poolsync.changed(snaps, self._sent_pools)
-        self._sent_pools = snaps
-        if not diff:
+    def _push(self, *, full: bool = False) -> None:
+        self._push_soon = None
+        names = None if full else self._dirty
+        self._dirty = set()
+        labels = wire.labels(self.registry)
+        send_labels = full or labels != self._sent_labels
+        self._sent_labels = labels
+        snaps = wire.snapshots(self.registry, names)
+        diff = snaps if full else {n: s for n, s in snaps.items() if self._sent_servers.get(n) != s}
+        self._sent_servers.update(snaps)
+        for gone in [n for n in self._sent_servers if n not in self.registry.pools]:
+            del self._sent_servers[gone]
+        if not diff and not send_labels:
             return
-        msg = {"op": "pools", "pools": poolsync.to_wire(diff)}
+        msg = {"op": "registry", **wire.message(labels if send_labels else None, diff)}
         for h in self.workers.values():
             if h.channel is not None and h.ready:
                 h.channel.send(msg)
@@ -255,19 +312,19 @@ class Supervisor(Proxy):
             merge(total, h.families)  # a worker that did not answer counts with its last report
         return list(total.values())
 
-    def runtime_families(self) -> list[Family]:
+    def control_families(self) -> list[Family]:
         up = Family("edgeproxy_workers", "gauge", "Worker processes running")
         up.add(sum(1 for h in self.workers.values() if h.ready))
         restarts = Family("edgeproxy_worker_restarts_total", "counter", "Workers restarted after dying")
         restarts.add(self.restarts_total)
-        return [up, restarts]
+        return [*super().control_families(), up, restarts]
 
-    def workers_status(self) -> list[dict[str, Any]]:
-        return [h.describe() for _, h in sorted(self.workers.items())]
+    def status_sections(self) -> dict[str, Any]:
+        return {"workers": [h.describe() for _, h in sorted(self.workers.items())], **super().status_sections()}
 
     # -- stop ------------------------------------------------------------------------------------
     async def stop_accepting(self) -> None:
-        self.draining = True
+        self._draining = True
         self.sockets.close()  # our copies; each worker closes its own before it answers
         live = [h for h in self.workers.values() if h.channel is not None and not h.channel.closed]
         await asyncio.gather(*(self._request(h, {"op": "stop"}, 5.0) for h in live), return_exceptions=True)
@@ -277,11 +334,10 @@ class Supervisor(Proxy):
             drain_timeout_s=self.config.timeouts.drain,
         )
 
-    async def _drain(self) -> int:
-        deadline = self.loop.time() + self.config.timeouts.drain + 5.0
-        while any(h.proc.poll() is None for h in self.workers.values()) and self.loop.time() < deadline:
-            if self._interrupts >= 2:
-                break
+    async def finish(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeouts.drain + 5.0
+        while any(h.proc.poll() is None for h in self.workers.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         killed = 0
         for h in list(self.workers.values()):
@@ -289,21 +345,19 @@ class Supervisor(Proxy):
                 killed += 1
                 log.error("worker did not stop in time: killed", worker=h.id, pid=h.proc.pid)
                 self._kill(h)
-        if self._sync is not None:
-            self._sync.cancel()
+        if self._push_soon is not None:
+            self._push_soon.cancel()
         await asyncio.sleep(0)  # let the channel EOFs be seen
-        return killed
-
-    def open_connections(self) -> int:
-        return 0  # the workers hold them; each reports its own
+        await self.control.stop()
+        log.info("stopped", cut_at_drain_timeout=killed)
+        log.flush()
 
     def abort_start(self) -> None:
         for h in list(self.workers.values()):
             self._kill(h)
-        super().abort_start()
+        self.sockets.close()
 
-    def _exit_now(self) -> None:
+    def kill_now(self) -> None:
         for h in self.workers.values():
             with contextlib.suppress(ProcessLookupError):
                 h.proc.kill()
-        os._exit(1)

@@ -1,11 +1,14 @@
 """A worker process (``workers: N``, N > 1): the data plane on sockets the supervisor passed.
 
-Started by the supervisor as ``python -m edgeproxy.runtime.worker <channel fd> <worker id>``. It
-never binds and never reads the config file: listening sockets and the config's bytes (validated
-once by the supervisor) arrive over the control channel, so every worker runs exactly the same
-file. It runs no health checks, discovery or admin endpoint; server states arrive as pool updates
-(runtime/poolsync.py). When the supervisor goes away (the channel closes), it drains and exits,
-so no orphan keeps serving an old config.
+Started by the supervisor as ``python -m edgeproxy.runtime.main worker <channel fd> <worker id>``
+(the composition root builds it). It never binds and never reads the config file: listening
+sockets and the config's bytes (validated once by the supervisor) arrive over the control channel,
+so every worker runs exactly the same file. It runs no health checks, discovery or admin endpoint;
+its pool registry is kept in step with the supervisor's (pools/wire.py). A reload is prepared
+(``prepare``: everything built and serving-ready, the answer says whether it could be), then
+committed or aborted as the supervisor says, so all workers switch together or none does. When
+the supervisor goes away (the channel closes), it drains and exits, so no orphan keeps serving an
+old config.
 """
 
 from __future__ import annotations
@@ -16,16 +19,15 @@ import math
 import os
 import signal
 import socket
-import sys
 
-from edgeproxy.admin.metrics import collect_data_plane
-from edgeproxy.config import Config, ConfigError, parse_config
+from edgeproxy.config import Config
 from edgeproxy.log import log
-from edgeproxy.net.loop import run
-from edgeproxy.runtime import labelsync, poolsync
+from edgeproxy.pools import PoolRegistry, wire
+from edgeproxy.runtime import reload
 from edgeproxy.runtime.channel import Channel, Message
-from edgeproxy.runtime.proxy import Proxy
-from edgeproxy.runtime.sockets import SocketSet
+from edgeproxy.runtime.dataplane import DataPlane
+from edgeproxy.runtime.reload import Transaction
+from edgeproxy.runtime.sockets import SocketSet, socket_keys
 
 
 def per_worker(config: Config) -> Config:
@@ -40,12 +42,20 @@ def per_worker(config: Config) -> Config:
 
 
 class Worker:
-    def __init__(self, channel_fd: int, wid: int) -> None:
+    def __init__(
+        self, channel_fd: int, wid: int, registry: PoolRegistry, sockets: SocketSet, dataplane: DataPlane
+    ) -> None:
         self.id = wid
-        self.sockets = SocketSet(can_bind=False)
-        self.proxy: Proxy | None = None
-        self.queue: asyncio.Queue[Message] = asyncio.Queue()  # config and stop, applied in order
+        self.registry = registry
+        self.sockets = sockets
+        self.dataplane = dataplane
+        self.started = False
+        self.pending: Transaction | None = None  # a prepared reload, waiting for commit or abort
+        self._preparing = False
+        self._abort_prepared = False  # an abort came while the prepare was still running
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()  # config, prepare and stop, in order
         self.interrupts = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.channel = Channel(socket.socket(fileno=channel_fd), self.on_message, self.on_close)
 
     def on_message(self, msg: Message, socks: list[socket.socket]) -> None:
@@ -53,23 +63,29 @@ class Worker:
         if op == "socket":
             proto, host, port = msg["key"]
             self.sockets.adopt((str(proto), str(host), int(port)), socks[0])
-        elif op == "labels":
-            if self.proxy is not None:
-                labelsync.apply(self.proxy, msg)
-        elif op == "pools":
-            if self.proxy is not None:
-                poolsync.apply(self.proxy.pools, msg["pools"])
-        elif op == "stats":
-            fams = collect_data_plane(self.proxy) if self.proxy is not None else []
-            self.channel.reply(msg, families=[f.to_json() for f in fams])
-        elif op in ("config", "stop"):
-            self.queue.put_nowait(msg)
-        for s in socks if op != "socket" else ():
+            return
+        for s in socks:
             s.close()
+        if op == "registry":
+            wire.apply(self.registry, msg)
+        elif op == "stats":
+            self.channel.reply(msg, families=[f.to_json() for f in self.dataplane.families()])
+        elif op in ("commit", "abort"):
+            # Sent once this worker answered the prepare, so it is here; handled at once, in
+            # order with the registry updates that follow it; answered once it took effect.
+            if op == "abort" and self.pending is None and self._preparing:
+                self._abort_prepared = True  # the supervisor gave up waiting: drop it once built
+            self._finish_pending(op == "commit")
+            task = asyncio.ensure_future(self._settled(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif op in ("config", "prepare", "stop"):
+            self.queue.put_nowait(msg)
 
     def on_close(self) -> None:
-        if self.proxy is not None and not self.proxy.draining:
+        if self.started and not self.dataplane.draining:
             log.warning("supervisor gone: draining")
+        self._finish_pending(False)
         self.queue.put_nowait({"op": "stop"})
 
     def on_signal(self, sig: int) -> None:
@@ -88,60 +104,73 @@ class Worker:
             msg = await self.queue.get()
             if msg["op"] == "stop":
                 return await self.stop(msg)
-            await self.configure(msg)
+            await self.prepare(msg)
 
-    async def configure(self, msg: Message) -> None:
-        raw = str(msg["raw"]).encode()
+    async def _prepare(self, config: Config) -> Transaction:
+        tx = Transaction()
+        # A worker cannot bind: a socket the supervisor did not pass fails the step.
+        tx.stage("sockets", lambda: self.sockets.stage(socket_keys(config)))
+        tx.stage("log", lambda: log.prepare(config.log.level, config.log.access, config.log.format))
+        tx.stage("pools", lambda: self.registry.stage(config.backends))
+        await tx.stage_async("listeners", lambda: self.dataplane.prepare(config))
+        return tx
+
+    async def prepare(self, msg: Message) -> None:
+        """``config`` (the start: prepared and committed at once) or ``prepare`` (a reload)."""
+        self._finish_pending(False)
+        self._preparing, self._abort_prepared = True, False
         try:
-            config = per_worker(parse_config(raw, str(msg["path"])))
-        except ConfigError as e:  # cannot happen for bytes the supervisor validated; say so if it does
-            self.channel.reply(msg, ok=False, error="; ".join(map(str, e.issues)))
-            return
-        if self.proxy is None:
-            self.proxy = Proxy(config, role="worker", sockets=self.sockets)
-            self.proxy.started_msg = "worker started"
-            try:
-                await self.proxy.start()
-            except Exception as e:
-                self.channel.reply(msg, ok=False, error=str(getattr(e, "strerror", None) or e))
+            config = per_worker(reload.parse(str(msg["raw"]).encode(), str(msg["path"])))
+            tx = await self._prepare(config)
+        except Exception as e:  # never let a reload end the worker: say why, keep serving
+            self.channel.reply(msg, ok=False, error=reload.describe(e))
+            if not self.started:
                 raise SystemExit(1) from None
-            self.channel.reply(msg, ok=True, pid=os.getpid())
             return
-        ok = await self.proxy.apply(config, raw)
-        self.channel.reply(msg, ok=ok)
+        finally:
+            self._preparing = False
+        if msg["op"] == "prepare":
+            if self._abort_prepared:
+                tx.abort()
+                self.channel.reply(msg, ok=False, error="aborted while preparing")
+                return
+            self.pending = tx
+            self.channel.reply(msg, ok=True)
+            return
+        tx.commit()
+        self.started = True
+        log.info("worker started", pid=os.getpid())
+        self.channel.reply(msg, ok=True, pid=os.getpid())
+
+    async def _settled(self, msg: Message) -> None:
+        await self.dataplane.settled()
+        self.channel.reply(msg, ok=True)
+
+    def _finish_pending(self, commit: bool) -> None:
+        tx, self.pending = self.pending, None
+        if tx is None:
+            return
+        if commit:
+            tx.commit()
+            log.debug("configuration reloaded")  # the supervisor logs it once for all
+        else:
+            tx.abort()
 
     async def stop(self, msg: Message) -> int:
-        proxy = self.proxy
-        if proxy is None:
+        if not self.started:
             return 0
-        await proxy.stop_accepting()
+        await self.dataplane.stop_accepting()
+        log.info(
+            "worker draining", open=self.dataplane.open_connections(), drain_timeout_s=self.dataplane.drain_timeout
+        )
         if "id" in msg:
             self.channel.reply(msg, ok=True)  # the supervisor counts this worker as no longer accepting
-        await proxy.finish()
+        left = await self.dataplane.drain()
+        log.info("stopped", cut_at_drain_timeout=left)
         # Last counters, so that the totals /metrics shows do not lose what this worker did.
-        self.channel.send({"op": "final", "families": [f.to_json() for f in collect_data_plane(proxy)]})
+        self.channel.send({"op": "final", "families": [f.to_json() for f in self.dataplane.families()]})
         for _ in range(100):
             if not self.channel.pending():
                 break
             await asyncio.sleep(0.01)
         return 0
-
-
-def main(argv: list[str]) -> int:
-    fd, wid = int(argv[1]), int(argv[2])
-    log.worker = wid
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler is installed
-
-    async def go() -> int:
-        return await Worker(fd, wid).run()
-
-    try:
-        return run(go())
-    except KeyboardInterrupt:
-        return 1
-    finally:
-        log.flush()
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,8 @@ import pytest
 
 from edgeproxy.config import parse_config
 from edgeproxy.discovery.swarm import SwarmDiscovery
-from edgeproxy.runtime.proxy import Proxy
+from edgeproxy.runtime.main import build
+from edgeproxy.runtime.single import SingleProcess
 from tests.helpers import ROOT, admin_json, edgeproxy, free_port, metric, scrape
 from tests.swarm.conftest import Swarm, http_get
 
@@ -109,7 +111,8 @@ async def _until(cond: Callable[[], bool], timeout: float = 30.0) -> float:
 
 
 def test_labels_backend_route_scale_and_removal(swarm: Swarm) -> None:
-    """In process, so the published Route objects and the component's counters are visible."""
+    """In process (built by the composition root), so the published Route objects and the
+    component's counters are visible."""
     published, port = free_port(), free_port()
     text = f"""
 listeners:
@@ -132,46 +135,48 @@ swarm:
             return repr(e).encode()
 
     async def scenario() -> dict[str, float]:
-        proxy = Proxy(config)
+        proxy = build(config)
+        assert isinstance(proxy, SingleProcess)
         await proxy.start()
-        disc = next(c for c in proxy.components if isinstance(c, SwarmDiscovery))
-        ctx = proxy.contexts["front"]
+        disc = next(c for c in proxy.control.components if isinstance(c, SwarmDiscovery))
+        ctx = proxy.dataplane.contexts["front"]
+        pools = proxy.registry.pools
         times: dict[str, float] = {}
         try:
             await asyncio.to_thread(swarm.service, "lab", published, labels=labels)
-            await _until(lambda: "lab" in proxy.pools and any(s.state == "up" for s in proxy.pools["lab"].servers))
+            await _until(lambda: "lab" in pools and any(s.state == "up" for s in pools["lab"].servers))
             assert [(r.backend, r.host) for r in ctx.extra_routes] == [("lab", "app.test")]
             assert b"remote=" in await asyncio.to_thread(get)
             # scale to 0: no server, the tcp listener closes; back to 1: served again
             await asyncio.to_thread(swarm.docker, "service", "scale", "--detach", "lab=0")
-            await _until(lambda: not any(s.state == "up" for s in proxy.pools["lab"].servers))
+            await _until(lambda: not any(s.state == "up" for s in pools["lab"].servers))
             assert b"remote=" not in await asyncio.to_thread(get)
             t0 = time.monotonic()
             await asyncio.to_thread(swarm.docker, "service", "scale", "--detach", "lab=1")
-            times["scale_up"] = await _until(lambda: any(s.state == "up" for s in proxy.pools["lab"].servers))
+            times["scale_up"] = await _until(lambda: any(s.state == "up" for s in pools["lab"].servers))
             times["scale_up_cmd"] = time.monotonic() - t0
             assert b"remote=" in await asyncio.to_thread(get)
             # node drain: the node's servers stop taking connections
             t0 = time.monotonic()
             await asyncio.to_thread(swarm.docker, "node", "update", "--availability", "drain", swarm.node_id)
-            times["drain"] = await _until(lambda: not any(s.state == "up" for s in proxy.pools["lab"].servers))
+            times["drain"] = await _until(lambda: not any(s.state == "up" for s in pools["lab"].servers))
             times["drain_cmd"] = time.monotonic() - t0
             await asyncio.to_thread(swarm.docker, "node", "update", "--availability", "active", swarm.node_id)
-            await _until(lambda: any(s.state == "up" for s in proxy.pools["lab"].servers))
+            await _until(lambda: any(s.state == "up" for s in pools["lab"].servers))
             # removing the label removes backend and route (events: well before the 30 s refresh)
             t0 = time.monotonic()
             await asyncio.to_thread(
                 swarm.docker, "service", "update", "--detach", "--label-rm", "edgeproxy.enable", "lab"
             )
-            times["label_rm"] = await _until(lambda: "lab" not in proxy.pools, timeout=10)
+            times["label_rm"] = await _until(lambda: "lab" not in pools, timeout=10)
             assert ctx.extra_routes == ()
             assert b"remote=" not in await asyncio.to_thread(get)
             await asyncio.to_thread(
                 swarm.docker, "service", "update", "--detach", "--label-add", "edgeproxy.enable=true", "lab"
             )
-            await _until(lambda: "lab" in proxy.pools, timeout=10)
+            await _until(lambda: "lab" in pools, timeout=10)
             await asyncio.to_thread(swarm.docker, "service", "rm", "lab")
-            times["service_rm"] = await _until(lambda: "lab" not in proxy.pools, timeout=10)
+            times["service_rm"] = await _until(lambda: "lab" not in pools, timeout=10)
             assert disc.events > 0 and disc.swarm_up == 1 and disc.errors == 0
         finally:
             await proxy.shutdown()
@@ -259,3 +264,57 @@ def test_swarm_status_command_on_the_real_cluster(swarm: Swarm, tmp_path: Any) -
     assert f"-> server 127.0.0.1:{published} (up)" in text
     assert "WARNING: ingress-mode port: publish it with mode: host" in text
     swarm.docker("service", "rm", "st-host", "st-ing")
+
+
+def test_a_swarm_section_added_by_sighup_starts_discovery_and_removed_stops_it(swarm: Swarm) -> None:
+    """Issue 10: a `swarm:` section added by SIGHUP was ignored until a restart. With workers: 2,
+    so the servers also have to reach the workers."""
+    published, port, admin = free_port(), free_port(), free_port()
+    swarm.service("hup", published)
+    static = {
+        "workers": 2,
+        "admin": {"bind": f"127.0.0.1:{admin}"},
+        "timeouts": {"connect": "1s", "drain": "2s"},
+        "listeners": [{"name": "front", "bind": f"127.0.0.1:{port}", "mode": "tcp", "backend": "app"}],
+        "backends": {"app": {"health": {"type": "none"}, "servers": ["127.0.0.1:9"]}},
+    }
+    discovered = {
+        **static,
+        "backends": {"app": {"health": {"type": "none"}, "swarm": {"service": "hup", "port": 80}}},
+        "swarm": swarm_section(swarm),
+    }
+
+    def served() -> bool:
+        try:
+            return all(
+                b"remote=" in http_get("127.0.0.1", port, "/cgi-bin/ip", source=f"127.0.0.{40 + i}") for i in range(6)
+            )
+        except OSError:
+            return False
+
+    try:
+        swarm.wait_task_answers(published)
+        with edgeproxy(static) as proxy:
+            assert not served() and "swarm" not in admin_json(admin)
+            proxy.write_config(discovered)
+            proxy.send(signal.SIGHUP)
+            servers_logged(proxy, "app", lambda s: s == [f"127.0.0.1:{published} up"])
+            deadline = time.monotonic() + 10
+            while not served():
+                assert time.monotonic() < deadline, proxy.log()[-3000:]
+                time.sleep(0.1)
+            assert admin_json(admin)["swarm"]["up"] is True
+            assert metric(scrape(admin), "edgeproxy_swarm_up") == 1
+
+            proxy.write_config(static)
+            proxy.send(signal.SIGHUP)
+            proxy.wait_log(lambda r: r.get("msg", "").startswith("swarm: discovery stopped"))
+            proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded" and r.get("digest") is not None)
+            assert "swarm" not in admin_json(admin)
+            assert not any(name.startswith("edgeproxy_swarm_") for name, _ in scrape(admin))
+            deadline = time.monotonic() + 10
+            while served():
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        swarm.docker("service", "rm", "hup", check=False)

@@ -1,5 +1,5 @@
 """``workers: 2`` with swarm discovery: discovery runs once, in the supervisor; the servers, the
-label backends and their routes reach every worker (runtime/labelsync.py)."""
+label backends and their routes reach every worker (pools/wire.py)."""
 
 from __future__ import annotations
 

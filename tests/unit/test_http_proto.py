@@ -292,7 +292,7 @@ def test_normalize_host() -> None:
 def test_context_consults_extra_routes() -> None:
     from edgeproxy.config import Backend
     from edgeproxy.net.context import ListenerContext
-    from edgeproxy.runtime.pools import BackendPool
+    from edgeproxy.pools import BackendPool
 
     loop = asyncio.new_event_loop()
     try:

@@ -1,0 +1,131 @@
+"""What the two roles that own the configuration file share (the single process,
+runtime/single.py, and the supervisor, runtime/supervisor.py): the control plane, the reload
+transaction around their own data-plane step, and the stats view the admin endpoint reads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edgeproxy.admin.view import StatsView
+from edgeproxy.config import Config
+from edgeproxy.log import log
+from edgeproxy.metrics import Family
+from edgeproxy.pools import PoolRegistry
+from edgeproxy.runtime import reload
+from edgeproxy.runtime.control import ControlPlane
+from edgeproxy.runtime.reload import ReloadFailed, Transaction
+from edgeproxy.runtime.sockets import SocketSet, socket_keys
+from edgeproxy.staged import Staged
+from edgeproxy.stats import ReloadStats
+
+MakeControl = Callable[[StatsView], ControlPlane]
+
+
+class ControlRole:
+    """Base of the roles that run the control plane. A subclass adds its data plane to the
+    transaction (``_prepare_serving``) and says where data-plane counters come from."""
+
+    started_msg = "edgeproxy started"
+    serving_step = "listeners"  # the name of the data plane's step in the transaction (and the log)
+
+    def __init__(self, config: Config, registry: PoolRegistry, sockets: SocketSet, make_control: MakeControl) -> None:
+        self._config = config
+        self.registry = registry
+        self.sockets = sockets
+        self.reloads = ReloadStats()
+        self.started = time.time()
+        self._draining = False
+        self.control = make_control(self)
+
+    # -- StatsView ---------------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def data_plane_families(self) -> list[Family]:
+        raise NotImplementedError
+
+    def control_families(self) -> list[Family]:
+        return self.control.families()
+
+    def status_sections(self) -> dict[str, Any]:
+        return self.control.status_sections()
+
+    # -- one transaction for the start and every reload ---------------------------------------------
+    async def _prepare(self, new: Config, raw: bytes) -> Transaction:
+        """Every step of ``new``; ReloadFailed (everything prepared aborted) if one fails."""
+        tx = Transaction()
+        tx.stage("sockets", lambda: self.sockets.stage(socket_keys(new)))
+        tx.stage("log", lambda: log.prepare(new.log.level, new.log.access, new.log.format))
+        tx.stage("pools", lambda: self.registry.stage(new.backends))
+        await tx.stage_async(self.serving_step, lambda: self._prepare_serving(new, raw))
+        await tx.stage_async("components", lambda: self.control.prepare(new))
+        tx.stage("config", lambda: Staged(lambda: self._set_config(new, raw)))
+        return tx
+
+    async def _prepare_serving(self, new: Config, raw: bytes) -> Staged:
+        raise NotImplementedError
+
+    def _set_config(self, new: Config, raw: bytes) -> None:
+        self._config = new
+
+    async def start(self) -> None:
+        """Bind every socket first, so a bad address fails before anything serves."""
+        tx = await self._prepare(self._config, b"")
+        tx.commit()
+        await self.control.ready()
+        cfg = self._config
+        log.info(
+            self.started_msg,
+            config=cfg.path,
+            pid=os.getpid(),
+            listeners=[f"{lst.name} {lst.mode} {' '.join(map(str, lst.bind))}" for lst in cfg.listeners],
+            **self._start_fields(),
+        )
+
+    def _start_fields(self) -> dict[str, Any]:
+        return {}
+
+    async def reload(self) -> bool:
+        """Re-read and validate the whole file and apply it as one transaction; on any error keep
+        the running configuration whole. Never raises."""
+        path = self._config.path
+        try:
+            raw, new = reload.read(path)
+            tx = await self._prepare(new, raw)
+        except Exception as e:  # anything at all: the process keeps serving the old configuration
+            step, errors = (e.step, e.errors) if isinstance(e, ReloadFailed) else ("unexpected", [repr(e)])
+            self.reloads.count(False)
+            await self._settle()
+            log.error("reload failed: keeping the running configuration", config=path, step=step, errors=errors)
+            return False
+        ok = tx.commit()
+        self.reloads.count(ok)
+        await self._settle()
+        log.info(
+            "configuration reloaded" if ok else "configuration reloaded with errors (see above)",
+            config=new.path,
+            digest=new.digest[:12],
+            listeners=len(new.listeners),
+            backends=len(new.backends),
+        )
+        try:
+            await self._after_reload()
+        except Exception as e:
+            log.error("after the reload", error=repr(e))
+        return ok
+
+    async def _settle(self) -> None:
+        """Wait (bounded) until what a commit or an abort set going is done: listeners it stopped
+        no longer accept, every worker has switched. Then the log line is true when written."""
+
+    async def _after_reload(self) -> None:
+        """Work that follows a committed reload and does not decide it (scaling the workers)."""
