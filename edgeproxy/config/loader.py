@@ -41,6 +41,7 @@ from edgeproxy.config.model import (
     Timeouts,
     TLSFiles,
 )
+from edgeproxy.config.user import parse_user
 from edgeproxy.config.values import (
     MIN_DURATION,
     Address,
@@ -283,7 +284,7 @@ class _Reader:
 
 
 # ---------------------------------------------------------------------------------------------
-_TOP_KEYS = ("admin", "workers", "log", "timeouts", "listeners", "backends", "swarm")
+_TOP_KEYS = ("admin", "workers", "user", "log", "timeouts", "listeners", "backends", "swarm")
 _LISTENER_KEYS = (
     "name",
     "bind",
@@ -707,6 +708,7 @@ def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
     log = r.optional(top, "log", "", b.log, LogConfig())
     admin = r.optional(top, "admin", "", b.admin, None)
     workers = r.optional(top, "workers", "", b.workers, 1)
+    user = r.optional(top, "user", "", lambda n, p: r.convert(n, p, parse_user), None)
 
     backends = b.backends
     for name in b.udp_backends - b.health_set:
@@ -727,5 +729,6 @@ def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
         log=log,
         admin=admin,
         workers=workers,
+        user=user,
         swarm=b.swarm,
     )

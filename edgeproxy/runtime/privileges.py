@@ -2,8 +2,9 @@
 below 1024, owns the Docker socket and the manager's TLS keys); a worker, once it holds its
 listening sockets, becomes ``user`` for good.
 
-``user: NAME|UID[:GROUP]`` resolves to a uid and a gid (:func:`resolve`); :func:`drop` then
-leaves no way back: no supplementary groups (root's would otherwise stay, e.g. ``docker``), the
+``user: NAME|UID[:GROUP]`` resolves to a uid and a gid when the config is loaded
+(config/user.py); :func:`drop` then leaves no way back: no supplementary groups (root's would
+otherwise stay, e.g. ``docker``), the
 gid and uid set for real, effective and saved ids, every capability gone (bounding and ambient
 sets too, so nothing can be regained through an executable with file capabilities), and
 ``PR_SET_NO_NEW_PRIVS`` (no setuid executable raises it either). It checks the result in
@@ -13,11 +14,12 @@ sets too, so nothing can be regained through an executable with file capabilitie
 from __future__ import annotations
 
 import ctypes
-import grp
 import os
-import pwd
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
+
+from edgeproxy.config import User
 
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
@@ -30,52 +32,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class PrivilegeError(Exception):
-    """The user cannot be resolved, or the process could not become it."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunAs:
-    """Who the data plane runs as."""
-
-    uid: int
-    gid: int
-    spec: str  # as configured, for logs and errors
-
-    def __str__(self) -> str:
-        return f"{self.spec} (uid {self.uid}, gid {self.gid})"
-
-
-def resolve(spec: str) -> RunAs:
-    """``NAME``, ``UID``, ``NAME:GROUP`` or ``UID:GID`` -> :class:`RunAs`, looked up in this
-    system's user and group databases (in a container: the image's /etc/passwd and /etc/group).
-
-    A user without a group takes its primary group. A bare uid with no passwd entry has no
-    primary group: that is an error (Docker would run it with gid 0), unless a group is given.
-    Root, uid or gid 0, is refused: the point is to be someone else.
-    """
-    user, sep, group = spec.partition(":")
-    if not user or (sep and not group):
-        raise PrivilegeError(f"invalid user {spec!r}: write NAME, UID, NAME:GROUP or UID:GID")
-    entry: pwd.struct_passwd | None
-    try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except KeyError:
-        if not user.isdigit():
-            raise PrivilegeError(f"unknown user {user!r} (no such entry in the user database)") from None
-        entry = None
-    uid = entry.pw_uid if entry is not None else int(user)
-    if group:
-        try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise PrivilegeError(f"unknown group {group!r} (no such entry in the group database)") from None
-    elif entry is not None:
-        gid = entry.pw_gid
-    else:
-        raise PrivilegeError(f"uid {uid} has no entry in the user database: give its group too ({uid}:GID)")
-    if uid == 0 or gid == 0:
-        raise PrivilegeError(f"user {spec!r} is root (uid {uid}, gid {gid}): name an unprivileged user")
-    return RunAs(uid, gid, spec)
+    """The process could not become the configured user."""
 
 
 def _prctl(option: int, arg: int, what: str) -> None:
@@ -109,35 +66,35 @@ def _last_capability() -> int:
     return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
 
 
-def drop(run_as: RunAs) -> None:
-    """Become ``run_as`` irreversibly (the calling process, all its threads: call it before
+def drop(user: User) -> None:
+    """Become ``user`` irreversibly (the calling process, all its threads: call it before
     starting any). Needs root; raises :class:`PrivilegeError` if any step fails."""
     if os.geteuid() != 0:
-        raise PrivilegeError(f"cannot become {run_as}: not running as root")
+        raise PrivilegeError(f"cannot become {user}: not running as root")
     # The uid and gid calls reach every thread (glibc), but capabilities and no_new_privs are
     # per thread: another thread would keep root's.
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
-        raise PrivilegeError(f"cannot become {run_as}: {threads} threads run (drop privileges before starting any)")
+        raise PrivilegeError(f"cannot become {user}: {threads} threads run (drop privileges before starting any)")
     try:
         for cap in range(_last_capability() + 1):
             _prctl(_PR_CAPBSET_DROP, cap, f"dropping capability {cap} from the bounding set")
         _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "clearing the ambient capabilities")
         os.setgroups([])
-        os.setresgid(run_as.gid, run_as.gid, run_as.gid)
-        os.setresuid(run_as.uid, run_as.uid, run_as.uid)  # the kernel clears permitted and effective
+        os.setresgid(user.gid, user.gid, user.gid)
+        os.setresuid(user.uid, user.uid, user.uid)  # the kernel clears permitted and effective
         _clear_capability_sets()
         _prctl(_PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
     except OSError as e:
-        raise PrivilegeError(f"cannot become {run_as}: {e}") from None
-    _verify(run_as)
+        raise PrivilegeError(f"cannot become {user}: {e}") from None
+    _verify(user)
 
 
-def _verify(run_as: RunAs) -> None:
+def _verify(user: User) -> None:
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     want = {
-        "Uid": " ".join([str(run_as.uid)] * 4),
-        "Gid": " ".join([str(run_as.gid)] * 4),
+        "Uid": " ".join([str(user.uid)] * 4),
+        "Gid": " ".join([str(user.gid)] * 4),
         "Groups": "",
         "NoNewPrivs": "1",
         **{f"Cap{kind}": "0" * 16 for kind in ("Inh", "Prm", "Eff", "Bnd", "Amb")},
@@ -146,4 +103,31 @@ def _verify(run_as: RunAs) -> None:
         key: status.get(key, "").split() for key, value in want.items() if status.get(key, "").split() != value.split()
     }
     if wrong:
-        raise PrivilegeError(f"became {run_as} only in part: {wrong}")
+        raise PrivilegeError(f"became {user} only in part: {wrong}")
+
+
+def import_dirs(modules: Iterable[ModuleType]) -> list[str]:
+    """The directories these modules were imported from (a package's parent): computed before
+    :func:`drop`, while everything is readable, for :func:`check_readable` after it."""
+    dirs = set()
+    for m in modules:
+        path = getattr(m, "__file__", None)
+        if path:
+            d = os.path.dirname(path)
+            dirs.add(os.path.dirname(d) if os.path.basename(path) == "__init__.py" else d)
+    return sorted(dirs)
+
+
+def check_readable(user: User, dirs: Iterable[str]) -> None:
+    """After :func:`drop`: Python imports modules lazily (a codec the first time a file is decoded,
+    say), so the dropped process must still read the standard library and the packages it runs.
+    Say so at once, naming the directory, rather than fail later with an odd import error (a
+    Python installed under /root, mode 0700, is the usual cause)."""
+    for d in dirs:
+        try:
+            os.listdir(d)
+        except OSError as e:
+            raise PrivilegeError(
+                f"as {user}, cannot read {d} ({e.strerror}): "
+                "install edgeproxy and its Python where the user can read them"
+            ) from None

@@ -1,6 +1,6 @@
-"""edgeproxy/runtime/privileges.py: ``user`` resolves against the real user database, and a child
-forked as root that drops to it holds no way back: its /proc status, then what it can no longer
-open, connect to, bind or regain. (Needs root; skipped otherwise.)"""
+"""``user:`` (config/user.py) resolves against the real user database, and a child forked as
+root that drops to it (runtime/privileges.py) holds no way back: its /proc status, then what it
+can no longer open, connect to, bind or regain. (The drop needs root; skipped otherwise.)"""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edgeproxy.runtime.privileges import PrivilegeError, RunAs, drop, resolve
+from edgeproxy.config import User, parse_user
+from edgeproxy.runtime.privileges import check_readable, drop, import_dirs
 
 NOBODY = 65534  # nobody / nogroup on Debian
 
@@ -27,8 +30,8 @@ NOBODY = 65534  # nobody / nogroup on Debian
     [("nobody", NOBODY, NOBODY), ("nobody:nogroup", NOBODY, NOBODY), (str(NOBODY), NOBODY, NOBODY),
      ("nobody:100", NOBODY, 100), ("12345:12345", 12345, 12345), ("12345:nogroup", 12345, NOBODY)],
 )  # fmt: skip
-def test_resolve(spec: str, uid: int, gid: int) -> None:
-    assert resolve(spec) == RunAs(uid, gid, spec)
+def test_parse_user(spec: str, uid: int, gid: int) -> None:
+    assert parse_user(spec) == User(uid, gid, spec)
 
 
 @pytest.mark.parametrize(
@@ -36,7 +39,9 @@ def test_resolve(spec: str, uid: int, gid: int) -> None:
     [
         ("no-such-user", "unknown user 'no-such-user'"),
         ("nobody:no-such-group", "unknown group 'no-such-group'"),
-        ("12345", "uid 12345 has no entry in the user database: give its group too (12345:GID)"),
+        ("12345", "uid 12345 has no entry in this system's user database: give its group too (12345:GID)"),
+        ("4294967295:1", "ids go up to 4294967294"),
+        ("a\x00b", "invalid user"),
         ("root", "is root"),
         ("0:100", "is root"),
         ("nobody:0", "is root"),
@@ -46,9 +51,9 @@ def test_resolve(spec: str, uid: int, gid: int) -> None:
         (":nogroup", "invalid user"),
     ],
 )
-def test_resolve_refuses(spec: str, error: str) -> None:
-    with pytest.raises(PrivilegeError, match=re.escape(error)):
-        resolve(spec)
+def test_parse_user_refuses(spec: str, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_user(spec)
 
 
 def in_child(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -116,7 +121,7 @@ def test_a_dropped_child_has_the_user_no_capabilities_and_no_way_back(root_only:
     os.setgroups([*os.getgroups(), 4242])  # a supplementary group root had: must not survive
 
     def probe() -> dict[str, Any]:
-        drop(RunAs(NOBODY, NOBODY, "nobody"))
+        drop(User(NOBODY, NOBODY, "nobody"))
         status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines())
 
         def connect() -> None:
@@ -168,7 +173,7 @@ def test_a_dropped_child_has_the_user_no_capabilities_and_no_way_back(root_only:
 def test_drop_refuses_without_root_or_with_threads(root_only: Path) -> None:
     def not_root() -> dict[str, Any]:
         os.setresuid(NOBODY, NOBODY, NOBODY)
-        drop(RunAs(NOBODY, NOBODY, "nobody"))
+        drop(User(NOBODY, NOBODY, "nobody"))
         return {}
 
     assert in_child(not_root) == {
@@ -180,7 +185,39 @@ def test_drop_refuses_without_root_or_with_threads(root_only: Path) -> None:
 
         stop = threading.Event()
         threading.Thread(target=stop.wait, daemon=True).start()
-        drop(RunAs(NOBODY, NOBODY, "nobody"))
+        drop(User(NOBODY, NOBODY, "nobody"))
         return {}
 
     assert "2 threads run" in in_child(threaded)["error"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_parse_user_is_total(spec: str) -> None:
+    """Any text is a user or a ValueError saying why not (the loader turns it into an issue)."""
+    try:
+        user = parse_user(spec)
+    except ValueError:
+        return
+    assert 0 < user.uid < 2**32 - 1 and 0 < user.gid < 2**32 - 1
+
+
+def test_a_dropped_child_that_cannot_read_its_python_says_so(root_only: Path) -> None:
+    private = root_only / "private"
+    private.mkdir(mode=0o700)
+
+    def probe() -> dict[str, Any]:
+        user = User(NOBODY, NOBODY, "nobody")
+        dirs = import_dirs([json])  # a package: its parent directory
+        drop(user)
+        check_readable(user, [str(root_only)])  # 0755: fine
+        check_readable(user, [str(private), *dirs])
+        return {}
+
+    assert import_dirs([json, os]) == sorted(
+        {os.path.dirname(os.path.dirname(json.__file__)), os.path.dirname(os.__file__)}
+    )
+    assert in_child(probe) == {
+        "error": f"PrivilegeError: as nobody (uid 65534, gid 65534), cannot read {private} (Permission denied): "
+        "install edgeproxy and its Python where the user can read them"
+    }
