@@ -45,7 +45,7 @@ from edgeproxy.runtime.role import ControlRole, MakeControl
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_keys
 from edgeproxy.staged import Staged
 
-WORKER_MODULE = "edgeproxy.runtime.main"  # ``python -m edgeproxy.runtime.main worker FD ID``
+WORKER_MODULE = "edgeproxy.runtime.main"  # ``python -m edgeproxy.runtime.main worker FD ID [UID:GID]``
 START_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 30.0
 STATS_TIMEOUT = 2.0
@@ -130,8 +130,9 @@ class Supervisor(ControlRole):
     async def _spawn(self, wid: int, restarts: int = 0) -> WorkerHandle:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with child:
+            user = [f"{self.config.user.uid}:{self.config.user.gid}"] if self.config.user else []
             proc = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, "worker", str(child.fileno()), str(wid)],
+                [sys.executable, "-m", WORKER_MODULE, "worker", str(child.fileno()), str(wid), *user],
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
             )
