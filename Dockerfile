@@ -7,6 +7,11 @@
 # --stop-timeout (stop_grace_period in a stack file) must be longer than timeouts.drain, or
 # Docker kills the drain (its default is 10 s).
 #
+# The container starts as root, and only the supervisor stays root: it binds every port (80 and
+# 443 too, on reload too), holds the Docker socket and TLS keys, runs discovery and health checks.
+# The workers that face clients become the config's `user` (edgeproxy, uid 10001, in the shipped
+# config/image/edgeproxy.yaml): no groups, no capabilities, no_new_privs. No --cap-add, no USER.
+#
 # Two stages: "build" makes a virtualenv in /opt/edgeproxy from hash-pinned wheels
 # (requirements/image.txt) and the project's own wheel (built with requirements/build.txt);
 # the image gets that virtualenv only. Regenerate both files as their headers say.
@@ -46,9 +51,9 @@ RUN groupadd --system --gid 10001 edgeproxy \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin edgeproxy
 COPY --from=build /opt/edgeproxy /opt/edgeproxy
-COPY config/edgeproxy.yaml /etc/edgeproxy/edgeproxy.yaml
+COPY config/image/edgeproxy.yaml /etc/edgeproxy/edgeproxy.yaml
 
-USER 10001:10001
+# No USER: the supervisor needs root (see above); the workers drop to the config's `user`.
 # GET /healthz on the admin endpoint of the config (healthy: 200; 503 while draining); exits 0
 # without checking when the config has no admin.bind.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 CMD ["edgeproxy", "healthcheck"]

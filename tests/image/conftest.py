@@ -44,7 +44,7 @@ LOCK = "/tmp/edgeproxy-docker.lock"
 
 
 def need_image() -> None:
-    need_swarm(mmdebstrap="mmdebstrap", iptables="iptables")
+    need_swarm(mmdebstrap="mmdebstrap", iptables="iptables", gdb="gdb")
 
 
 @dataclass

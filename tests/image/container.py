@@ -23,14 +23,18 @@ NODE = 3  # single containers run on node3; node1 and node2 are test_stack_lab's
 
 
 class Container:
-    def __init__(self, lab: Lab, config: dict[str, Any], *run_args: str) -> None:
+    """``config`` None: the image's own (config/image/edgeproxy.yaml)."""
+
+    def __init__(self, lab: Lab, config: dict[str, Any] | None, *run_args: str) -> None:
         self.lab = lab
         self.name = f"ep-{secrets.token_hex(3)}"
         self.dir = Path(tempfile.mkdtemp(prefix="epc-"))
-        self.dir.chmod(0o755)  # read by the image's user
-        self.write(config)
-        self.docker("run", "-d", "--name", self.name, "--network", "host", "-v", f"{self.dir}:/etc/edgeproxy:ro",
-                    *run_args, TAG)  # fmt: skip
+        self.dir.chmod(0o755)
+        mount = []
+        if config is not None:
+            self.write(config)
+            mount = ["-v", f"{self.dir}:/etc/edgeproxy:ro"]
+        self.docker("run", "-d", "--name", self.name, "--network", "host", *mount, *run_args, TAG)
 
     def docker(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
@@ -72,6 +76,12 @@ class Container:
     def wait_started(self) -> None:
         self.wait_log(lambda r: r.get("msg") == "edgeproxy started")
 
+    def pids(self) -> tuple[int, list[int]]:
+        """Host pids of edgeproxy's supervisor (the container's first process) and its workers."""
+        pid = int(self.docker("inspect", "-f", "{{.State.Pid}}", self.name).stdout)
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return pid, [int(c) for c in children]
+
     def state(self) -> dict[str, Any]:
         return dict(json.loads(self.docker("inspect", "-f", "{{json .State}}", self.name).stdout))
 
@@ -81,7 +91,7 @@ class Container:
 
 
 @contextlib.contextmanager
-def container(lab: Lab, config: dict[str, Any], *run_args: str) -> Iterator[Container]:
+def container(lab: Lab, config: dict[str, Any] | None, *run_args: str) -> Iterator[Container]:
     c = Container(lab, config, *run_args)
     try:
         yield c

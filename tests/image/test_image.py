@@ -1,6 +1,7 @@
 """The image as built from the Dockerfile, run with ``docker run --network host`` on a lab node
 (its own network namespace, so the container's "host" ports are that node's): a client in another
-namespace goes through it, SIGHUP reloads, ``docker stop`` drains, the HEALTHCHECK answers.
+namespace goes through it on ports 80 and 443, SIGHUP reloads, ``docker stop`` drains, the
+HEALTHCHECK answers, and the data plane runs as ``edgeproxy`` with no way to the Docker socket.
 
 Backends run in this test process on the lab bridge (``lab.gateway``) and parse PROXY headers
 with the independent ``proxyprotocol`` package (tests/helpers.py).
@@ -8,6 +9,7 @@ with the independent ``proxyprotocol`` package (tests/helpers.py).
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import subprocess
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests import process_probe
 from tests.helpers import NO_CHECKS, Backend, HttpBackend, recv_all, whoami_handler
 from tests.image.conftest import TAG, BuiltImage
 from tests.image.container import NODE, container
@@ -25,7 +28,7 @@ from tests.image.netns import connect_from
 from tests.swarm.lab import Lab
 
 pytestmark = [pytest.mark.swarm, pytest.mark.timeout(600)]  # the first test waits for build and lab
-HTTP_PORT, TCP_PORT = 8080, 8443
+HTTP_PORT, TCP_PORT = 80, 443  # below 1024: bound by the supervisor (root), served by the workers
 
 
 @pytest.fixture
@@ -43,6 +46,7 @@ def config(
     http: HttpBackend, tcp: Backend, *, ports: tuple[int, int] = (HTTP_PORT, TCP_PORT), drain: str = "5s"
 ) -> dict[str, Any]:
     return {
+        "user": "edgeproxy",
         "admin": {"bind": "127.0.0.1:9901"},
         "timeouts": {"connect": "2s", "drain": drain},
         "listeners": [
@@ -98,7 +102,7 @@ def test_image_is_built_from_the_pins_with_its_metadata(built_image: BuiltImage,
     assert installed == {name: str(spec) for name, spec in pins("image").items()}
 
 
-def test_client_in_its_own_namespace_through_the_container(
+def test_client_in_its_own_namespace_through_ports_80_and_443(
     image_lab: Lab, backends: tuple[HttpBackend, Backend]
 ) -> None:
     lab, (http, tcp) = image_lab, backends
@@ -186,12 +190,21 @@ def test_docker_stop_drains_an_open_connection_then_exits_0(
         assert c.wait_log(lambda r: r.get("msg") == "stopped")["cut_at_drain_timeout"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 phase 2: the image starts as root and drops to `user`")
-def test_ports_80_and_443_bind_under_host_network(image_lab: Lab, backends: tuple[HttpBackend, Backend]) -> None:
-    lab, (http, tcp) = image_lab, backends
-    with container(lab, config(http, tcp, ports=(80, 443))) as c:
+def test_the_data_plane_is_not_root_and_cannot_reach_the_socket(image_lab: Lab) -> None:
+    """The image's own config (user: edgeproxy), the node's engine socket mounted as the stack
+    file mounts it: the supervisor is root and can connect to it; the worker, asked itself
+    (gdb makes it issue the call), is uid 10001 with no groups and no capabilities, and gets
+    EACCES."""
+    lab = image_lab
+    socket_mount = f"{lab.engine_sock}:/var/run/docker.sock"
+    with container(lab, None, "-v", socket_mount) as c:
         c.wait_started()
-        status, seen = http_get(lab, 80, "/who")
-        assert status == 200 and seen["xff"] == [lab.client_addr]
-        said, client_port = tcp_whoami(lab, 443)
-        assert said == f"src={lab.client_addr}:{client_port} dst={lab.addr(NODE)}:443"
+        r = c.docker("exec", c.name, "edgeproxy", "check")
+        assert "user: edgeproxy (uid 10001, gid 10001)" in r.stdout, r
+        supervisor, workers = c.pids()
+        assert len(workers) == 1  # workers: 1, and still a separate process: user is set
+        assert process_probe.status(supervisor)["Uid"] == ["0"] * 4
+        assert process_probe.credentials(workers[0]) == process_probe.dropped(10001, 10001)
+        assert process_probe.connect_errno(workers[0], "/var/run/docker.sock") == errno.EACCES
+        assert process_probe.connect_errno(supervisor, "/var/run/docker.sock") == 0
+        assert c.docker("exec", c.name, "edgeproxy", "healthcheck").returncode == 0

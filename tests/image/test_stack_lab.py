@@ -4,8 +4,9 @@ runs as a global service on the two edge-labelled nodes, each instance discovers
 namespace reaching either edge node is seen by ``web`` with its own address.
 
 Swapped for the lab only: the socket mount's source (each lab node's engine socket is at
-``lab.engine_sock``, not /var/run/docker.sock). The image (edgeproxy:latest), the ports, the
-placement, the config target are the file's own.
+``lab.engine_sock``, not /var/run/docker.sock). The image (edgeproxy:latest), the user it runs
+as (the image's: root, for the supervisor), the ports, the placement, the config target are the
+file's own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import process_probe
 from tests.helpers import ROOT, recv_all
 from tests.image.netns import connect_from
 from tests.swarm.lab import Lab
@@ -26,6 +28,7 @@ WEB_PORT = 18090
 EDGE = (1, 2)
 
 CONFIG = """
+user: edgeproxy
 admin: {bind: "127.0.0.1:9901"}
 timeouts: {connect: 2s, drain: 5s}
 listeners:
@@ -99,3 +102,10 @@ def test_stack_file_serves_web_from_both_edge_nodes_with_client_addresses(image_
     assert sorted(nodes.split()) == [f"node{n}" for n in EDGE]
     with pytest.raises(OSError):
         get(lab, 3, 80)
+    # In each task the supervisor is root, the worker edgeproxy with nothing else.
+    for n in EDGE:
+        (cid,) = lab.docker(n, "ps", "-q", "--filter", "label=com.docker.swarm.service.name=edge_edgeproxy").split()
+        supervisor = int(lab.docker(n, "inspect", "-f", "{{.State.Pid}}", cid))
+        workers = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        assert process_probe.status(supervisor)["Uid"] == ["0"] * 4
+        assert [process_probe.credentials(int(w)) for w in workers] == [process_probe.dropped(10001, 10001)]
