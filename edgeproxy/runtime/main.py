@@ -65,7 +65,6 @@ def build_worker(channel_fd: int, wid: int) -> Worker:
 
 def serve(config: Config) -> int:
     """Run until stopped; 0 on a clean stop, 1 if it could not start."""
-
     if config.user is not None and os.geteuid() != 0:
         log.error(
             "cannot start",
@@ -83,6 +82,17 @@ def serve(config: Config) -> int:
         return 0
 
     return _run(main())
+
+
+def become(uid_gid: str) -> None:
+    """A worker's first act when ``user`` is set (before a thread or a connection exists): drop
+    to UID:GID for good, then check it can still read its Python, which loads modules lazily."""
+    uid, _, gid = uid_gid.partition(":")
+    user = User(int(uid), int(gid), uid_gid)
+    # Where the standard library (os; select: lib-dynload), edgeproxy and its dependencies are.
+    dirs = import_dirs(sys.modules[m] for m in ("os", "select", "edgeproxy", "yaml") if m in sys.modules)
+    drop(user)
+    check_readable(user, dirs)
 
 
 def serve_worker(channel_fd: int, wid: int) -> int:
@@ -114,14 +124,8 @@ if __name__ == "__main__":
         )
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handler is installed
     if len(args) == 4:
-        # First of all, before a thread or a connection exists: become the configured user.
-        uid, _, gid = args[3].partition(":")
         try:
-            user = User(int(uid), int(gid), args[3])
-            # the standard library (os, select: lib-dynload), edgeproxy, its dependencies
-            dirs = import_dirs(sys.modules[m] for m in ("os", "select", "edgeproxy", "yaml") if m in sys.modules)
-            drop(user)
-            check_readable(user, dirs)
+            become(args[3])
         except (PrivilegeError, ValueError) as e:
             log.worker = int(args[2])
             log.error("worker cannot drop privileges", error=str(e))
