@@ -65,7 +65,7 @@ class ControlRole:
         tx = Transaction()
         tx.stage("user", lambda: self._same_user(new))
         tx.stage("sockets", lambda: self.sockets.stage(socket_keys(new)))
-        tx.stage("log", lambda: log.prepare(new.log.level, new.log.access, new.log.format))
+        tx.stage("log", lambda: log.prepare(new.log.level, self._access_log(new), new.log.format))
         tx.stage("pools", lambda: self.registry.stage(new.backends))
         await tx.stage_async(self.serving_step, lambda: self._prepare_serving(new, raw))
         await tx.stage_async("components", lambda: self.control.prepare(new))
@@ -74,6 +74,10 @@ class ControlRole:
 
     async def _prepare_serving(self, new: Config, raw: bytes) -> Staged:
         raise NotImplementedError
+
+    def _access_log(self, new: Config) -> str:
+        """Where this process writes access lines: the config's target, unless it serves none."""
+        return new.log.access
 
     def _same_user(self, new: Config) -> Staged:
         """The data plane's user is fixed for the life of the process: a worker that dropped root

@@ -119,6 +119,11 @@ class Supervisor(ControlRole):
             return Staged()
         return await self._prepare_workers(new, raw)
 
+    def _access_log(self, new: Config) -> str:
+        # Only the workers write access lines, and they open the file themselves: as `user` when
+        # it is set. Were the supervisor to open it first, as root, it would create it root's.
+        return "off"
+
     def _set_config(self, new: Config, raw: bytes) -> None:
         super()._set_config(new, raw)
         if raw:

@@ -64,15 +64,29 @@ def root_key() -> Iterator[Path]:
         d.rmdir()
 
 
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory anyone may read (pytest's tmp_path is in root's 0700 directory)."""
+    d = Path(tempfile.mkdtemp(prefix="ep-privsep-", dir="/tmp"))
+    d.chmod(0o777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def whoami(port: int, source: str) -> str:
     with connect("127.0.0.1", port, source=source) as c:
         return c.makefile("rb").readline().decode().strip()
 
 
-def test_one_worker_drops_root_while_the_supervisor_binds_low_ports(as_root: None, root_key: Path) -> None:
+def test_one_worker_drops_root_while_the_supervisor_binds_low_ports(
+    as_root: None, root_key: Path, open_dir: Path
+) -> None:
     backend = Backend(whoami_handler, expect_proxy=True)
     low, low2 = free_low_port(), 0
-    cfg = proxy_config(low, [backend.address], send_proxy="v2", admin=free_port())
+    access = open_dir / "access.log"  # made by the worker, as nobody: only workers write access lines
+    cfg = proxy_config(low, [backend.address], send_proxy="v2", admin=free_port(), access=str(access))
     cfg["user"] = "nobody"  # workers: 1 (the default)
     with edgeproxy(cfg, python=python_for()) as proxy:
         started = proxy.wait_log(lambda r: r.get("msg") == "edgeproxy started")
@@ -101,6 +115,12 @@ def test_one_worker_drops_root_while_the_supervisor_binds_low_ports(as_root: Non
         assert failed["step"] == "user" and "takes a restart" in failed["errors"][0], failed
         assert whoami(low2, "127.0.0.33").startswith("src=127.0.0.33:")
 
+        deadline = time.monotonic() + 10
+        while "127.0.0.33" not in (access.read_text() if access.exists() else ""):
+            assert time.monotonic() < deadline, "no access line"
+            time.sleep(0.1)
+        assert access.stat().st_uid == NOBODY
+
         # A worker that dies is restarted as the user too.
         os.kill(worker, signal.SIGKILL)
         restarted = proxy.wait_log(lambda r: r.get("msg") == "worker restarted")
@@ -119,17 +139,6 @@ def run_as_nobody(args: list[str], log: Path) -> subprocess.Popen[bytes]:
             cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1", **env), stdout=out, stderr=subprocess.STDOUT,
             user=NOBODY, group=NOBODY, extra_groups=[],
         )  # fmt: skip
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory anyone may read (pytest's tmp_path is in root's 0700 directory)."""
-    d = Path(tempfile.mkdtemp(prefix="ep-privsep-", dir="/tmp"))
-    d.chmod(0o777)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_not_started_as_root_user_is_refused_and_no_user_serves_as_before(as_root: None, open_dir: Path) -> None:
