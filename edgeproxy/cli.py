@@ -1,4 +1,4 @@
-"""Command line: ``edgeproxy run | check | healthcheck | demo | swarm status``."""
+"""Command line: ``edgeproxy run | check | healthcheck | certs | demo | swarm status``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,15 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return healthcheck(args.config, args.timeout)
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    from edgeproxy.acme.report import main as certs
+
+    return certs(config, args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgeproxy.demo import main as demo
 
@@ -88,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.add_argument("--json", action="store_true", help="JSON for scripts instead of the table")
     p.set_defaults(func=cmd_swarm_status)
+    p = sub.add_parser("certs", help="TLS certificates: names, issuer, expiry, source, last ACME attempt and error")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--json", action="store_true", help="JSON for scripts instead of the table")
+    p.set_defaults(func=cmd_certs)
     p = sub.add_parser("demo", help="run demo apps behind edgeproxy on loopback and show what they see")
     p.add_argument(
         "--base-port", type=int, default=18000, help="first port (default 18000; uses base..base+3, base+10, base+11)"

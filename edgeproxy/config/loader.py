@@ -25,14 +25,17 @@ from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
 from edgeproxy.config.model import (
+    ACME_SWARM_STORAGE,
     FORWARDED_HEADERS,
     AcceptProxy,
+    AcmeConfig,
     AdminConfig,
     Backend,
     Config,
     Forwarded,
     Health,
     Listener,
+    ListenerTLS,
     LogConfig,
     Route,
     ServerConfig,
@@ -43,6 +46,8 @@ from edgeproxy.config.model import (
 )
 from edgeproxy.config.user import parse_user
 from edgeproxy.config.values import (
+    MAX_DURATION,
+    MAX_PERIOD,
     MIN_DURATION,
     Address,
     IPNetwork,
@@ -264,8 +269,10 @@ class _Reader:
         except ValueError as e:
             raise self.fail(node, path, str(e)) from None
 
-    def duration(self, node: Node, path: str, *, zero_ok: bool = False) -> float:
-        seconds = self.convert(node, path, parse_duration)
+    def duration(self, node: Node, path: str, *, zero_ok: bool = False, period: bool = False) -> float:
+        """A timer (at most ``MAX_DURATION``), or with ``period`` a longer span such as a renewal
+        margin (at most ``MAX_PERIOD``)."""
+        seconds = self.convert(node, path, lambda t: parse_duration(t, MAX_PERIOD if period else MAX_DURATION))
         if seconds < MIN_DURATION and not (zero_ok and seconds == 0):
             raise self.fail(node, path, f"{clip(self.text(node, path))} is too short: at least 1ms")
         return seconds
@@ -284,7 +291,7 @@ class _Reader:
 
 
 # ---------------------------------------------------------------------------------------------
-_TOP_KEYS = ("admin", "workers", "user", "log", "timeouts", "listeners", "backends", "swarm")
+_TOP_KEYS = ("admin", "workers", "user", "log", "timeouts", "listeners", "backends", "swarm", "acme")
 _LISTENER_KEYS = (
     "name",
     "bind",
@@ -295,7 +302,10 @@ _LISTENER_KEYS = (
     "forwarded",
     "max_connections",
     "max_datagram_size",
+    "tls",
 )
+_ACME_KEYS = ("directory", "email", "storage", "ca", "renew_before", "encryption_key")
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm")
 _HEALTH_KEYS = ("type", "interval", "timeout", "rise", "fall", "path", "expect", "port")
 
@@ -330,6 +340,7 @@ class _Builder:
         self.listener_names: dict[str, int] = {}
         self.udp_backends: set[str] = set()
         self.binds = _Binds()
+        self.acme_users: list[tuple[Node, str]] = []  # listeners' tls.acme: they need an acme: section
 
     def timeouts(self, node: Node, path: str) -> Timeouts:
         f = self.r.mapping(node, path, ("connect", "client_idle", "server_idle", "http_request", "drain"))
@@ -485,6 +496,63 @@ class _Builder:
             max_datagram_size=self.r.optional(
                 f, "max_datagram_size", path, lambda n, p: self.r.integer(n, p, 1, 65535), 65535
             ),
+            tls=self.r.optional(f, "tls", path, self.listener_tls, None),
+        )
+
+    def listener_tls(self, node: Node, path: str) -> ListenerTLS:
+        """``listeners[].tls``: ``acme`` only until TLS termination (issue 13) adds its keys here."""
+        f = self.r.mapping(node, path, ("acme",))
+        none: list[str] = []
+        names = self.r.optional(f, "acme", path, lambda n, p: self.r.each(n, p, self.acme_name, scalar_ok=True), none)
+        if names:
+            self.acme_users.append((f["acme"], f"{path}.acme"))
+        return ListenerTLS(acme=tuple(dict.fromkeys(names)))
+
+    def acme_name(self, node: Node, path: str) -> str:
+        name = self.r.text(node, path).lower().rstrip(".")
+        if name.startswith("*."):
+            raise self.r.fail(
+                node, path, f"{clip(name)}: a wildcard needs the DNS-01 challenge, which edgeproxy does not do"
+            )
+        labels = name.split(".")
+        if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise self.r.fail(node, path, f"{clip(name)} is not a DNS name (letters, digits, '-', labels of 1-63)")
+        if labels[-1].isdigit():
+            raise self.r.fail(node, path, f"{clip(name)} is an IP address: ACME certificates here are for DNS names")
+        return name
+
+    def acme(self, node: Node, path: str) -> AcmeConfig:
+        """The top-level ``acme:`` section."""
+        r = self.r
+        f = r.mapping(node, path, _ACME_KEYS)
+        d = AcmeConfig(directory="")
+        if "directory" not in f:
+            raise r.fail(node, path, "missing 'directory' (the ACME server's directory URL)")
+        directory = r.text(f["directory"], f"{path}.directory")
+        if not (directory.startswith("https://") or directory.startswith("http://")):
+            r.error(f["directory"], f"{path}.directory", f"{clip(directory)} is not an http(s) URL")
+        storage = r.optional(f, "storage", path, r.text, d.storage)
+        if storage != ACME_SWARM_STORAGE and not os.path.isabs(storage):
+            r.error(
+                f.get("storage"), f"{path}.storage", f"{clip(storage)} must be an absolute directory path or 'swarm'"
+            )
+        encryption_key = r.optional(f, "encryption_key", path, r.text, None)
+        if storage == ACME_SWARM_STORAGE and encryption_key is None:
+            r.error(
+                f.get("storage"),
+                f"{path}.storage",
+                "storage: swarm needs 'encryption_key' (a file, e.g. the swarm secret /run/secrets/edgeproxy-acme-key: "
+                "private keys are kept encrypted in the swarm)",
+            )
+        return AcmeConfig(
+            directory=directory,
+            email=r.optional(f, "email", path, r.text, None),
+            storage=storage,
+            ca=r.optional(f, "ca", path, r.text, None),
+            renew_before=r.optional(
+                f, "renew_before", path, lambda n, p: r.duration(n, p, period=True), d.renew_before
+            ),
+            encryption_key=encryption_key,
         )
 
     def forwarded_headers(self, node: Node, path: str) -> tuple[str, ...]:
@@ -709,6 +777,13 @@ def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
     admin = r.optional(top, "admin", "", b.admin, None)
     workers = r.optional(top, "workers", "", b.workers, 1)
     user = r.optional(top, "user", "", lambda n, p: r.convert(n, p, parse_user), None)
+    acme = r.optional(top, "acme", "", b.acme, None)
+    if acme is not None and acme.in_swarm and "swarm" not in top:
+        need = "storage: swarm needs a top-level 'swarm:' section (which managers to ask)"
+        r.error(top["acme"], "acme.storage", need)
+    if "acme" not in top:
+        for node, where in b.acme_users:
+            r.error(node, where, "needs a top-level 'acme:' section (directory, email)")
 
     backends = b.backends
     for name in b.udp_backends - b.health_set:
@@ -731,4 +806,5 @@ def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
         workers=workers,
         user=user,
         swarm=b.swarm,
+        acme=acme,
     )

@@ -80,6 +80,14 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerTLS:
+    """``listeners[].tls``. Only ``acme`` here: the rest of the TLS keys (certificates,
+    min_version, alpn, hsts) come with TLS termination (issue 13), which extends this class."""
+
+    acme: tuple[str, ...] = ()  # names whose certificates are obtained and renewed by ACME
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     bind: tuple[Address, ...]
@@ -90,6 +98,7 @@ class Listener:
     forwarded: Forwarded = field(default_factory=Forwarded)
     max_connections: int = 10000
     max_datagram_size: int = 65535  # udp: larger datagrams are dropped and counted
+    tls: ListenerTLS | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +154,25 @@ class SwarmConfig:
     node_addresses: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
+ACME_SWARM_STORAGE = "swarm"
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """The top-level ``acme:`` section (SPEC.md, "TLS"): one account per directory and email."""
+
+    directory: str
+    email: str | None = None
+    storage: str = "/var/lib/edgeproxy/acme"  # a directory, or "swarm" (Docker configs via the managers)
+    ca: str | None = None  # trust for the directory itself (a private ACME server); None: the system's
+    renew_before: float = 30 * 86400.0
+    encryption_key: str | None = None  # storage swarm: file with the key that encrypts private keys
+
+    @property
+    def in_swarm(self) -> bool:
+        return self.storage == ACME_SWARM_STORAGE
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str
@@ -157,6 +185,12 @@ class Config:
     workers: int = 1
     user: User | None = None  # the data plane's, when started as root (runtime/privileges.py)
     swarm: SwarmConfig | None = None
+    acme: AcmeConfig | None = None
+
+    def acme_names(self) -> tuple[str, ...]:
+        """Every ``tls.acme`` name of every listener, first listed first, each once."""
+        names = (n for lst in self.listeners if lst.tls is not None for n in lst.tls.acme)
+        return tuple(dict.fromkeys(names))
 
     def summary(self) -> str:
         """The one line ``edgeproxy check`` prints for a valid file."""

@@ -13,16 +13,19 @@ from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_DURATION = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*(ms|s|m|h)[ \t]*")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*(ms|s|m|h|d)[ \t]*")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # HAProxy's bound (2^31 - 1 ms, 24.8 days): longer timers overflow in some event loops, and a
 # longer timeout is a typo (``5000h``) rather than a wish.
 MAX_DURATION = 2147483.647
 MIN_DURATION = 0.001  # below 1ms a timer is 0 on the event loop's clock
+# Periods that are not timers (acme.renew_before, tls.hsts max-age) may be longer: up to ten years.
+MAX_PERIOD = 10 * 365 * 86400.0
 
 
-def parse_duration(text: str) -> float:
-    """``250ms``, ``5s``, ``2m``, ``1h`` -> seconds (0 to ``MAX_DURATION``).
+def parse_duration(text: str, maximum: float = MAX_DURATION) -> float:
+    """``250ms``, ``5s``, ``2m``, ``1h``, ``30d`` -> seconds (0 to ``maximum``: ``MAX_DURATION`` for
+    timers, ``MAX_PERIOD`` for the periods that are not).
 
     A bare number is refused rather than guessed: HAProxy reads it as milliseconds, nginx as
     seconds, so either guess surprises half of our users. ``1:30`` (YAML 1.1's base 60) is not
@@ -32,8 +35,9 @@ def parse_duration(text: str) -> float:
     if not m:
         raise ValueError(f"invalid duration {clip(text)}: use a number and a unit, e.g. 250ms, 5s, 2m")
     seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds > MAX_DURATION:
-        raise ValueError(f"{clip(text)} is too long: at most 2147483647ms (24.8 days)")
+    if seconds > maximum:
+        limit = "2147483647ms (24.8 days)" if maximum == MAX_DURATION else f"{maximum / 86400:.0f}d"
+        raise ValueError(f"{clip(text)} is too long: at most {limit}")
     return seconds
 
 

@@ -114,24 +114,32 @@ class DockerClient:
         return await self._get(await self._prefix() + path, query)
 
     async def _get(self, path: str, query: Mapping[str, str] | None) -> Any:
-        try:
-            reader, writer = await self._open()
-        except OSError as e:
-            self.version = None  # it may come back as another engine version
-            raise ManagerUnavailable(self.url, 0, f"{type(e).__name__}: {e}") from None
-        try:
-            status, headers = await self._request(reader, writer, path, query)
-            body = await _read_body(reader, headers)
-        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError) as e:
-            raise ManagerUnavailable(self.url, 0, f"{type(e).__name__}: {e}") from None
-        finally:
-            writer.close()
+        status, body = await self._exchange("GET", path, query)
         if status != 200:
             raise _classify(self.url, status, _message(body))
         try:
             return json.loads(body)
         except ValueError as e:
             raise APIError(self.url, status, f"bad JSON: {e}") from None
+
+    async def _exchange(
+        self, method: str, path: str, query: Mapping[str, str] | None, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """One request on a new connection: (status, body). Discovery only ever sends GET; the
+        writes (ACME storage) go through ``edgeproxy.acme.swarm_api``."""
+        try:
+            reader, writer = await self._open()
+        except OSError as e:
+            self.version = None  # it may come back as another engine version
+            raise ManagerUnavailable(self.url, 0, f"{type(e).__name__}: {e}") from None
+        try:
+            status, headers = await self._request(reader, writer, path, query, method, body)
+            data = await _read_body(reader, headers)
+        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError) as e:
+            raise ManagerUnavailable(self.url, 0, f"{type(e).__name__}: {e}") from None
+        finally:
+            writer.close()
+        return status, data
 
     async def events(self, query: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
         """Stream /events as decoded JSON objects until the connection ends (then returns).
@@ -179,12 +187,17 @@ class DockerClient:
         writer: asyncio.StreamWriter,
         path: str,
         query: Mapping[str, str] | None,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> tuple[int, dict[str, str]]:
         target = path
         if query:
             target += "?" + "&".join(f"{k}={v}" for k, v in query.items())
         host = self.endpoint.host
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("ascii"))
+        head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode("ascii") + b"\r\n" + (body or b""))
         await writer.drain()
         line = await reader.readline()
         parts = line.decode("latin-1").split(" ", 2)

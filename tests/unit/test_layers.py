@@ -29,6 +29,9 @@ RULES: dict[str, tuple[str, set[str]]] = {
     # certificates are built by the control plane and used by net/: neither of those comes first
     "tls": ("never", {"net", "runtime", "admin", "discovery", "health", "cli", "demo", "main"}),
     **{d: ("never", {"runtime", "cli", "demo", "main", *(DOMAIN - {d})}) for d in DOMAIN},
+    # a control-plane component of the supervisor: the Engine API client (discovery.docker_api)
+    # for swarm storage, the certificate checks of tls/; never the data plane nor the runtime
+    "acme": ("only", {"config", "proto", "tls", "discovery", *LEAF}),
 }
 
 # Cycles that another branch removes (hard-http: UpstreamConn talks to the relay through a declared
