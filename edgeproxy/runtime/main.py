@@ -50,10 +50,12 @@ def build(config: Config) -> SingleProcess | Supervisor:
     ``user``, the data plane runs in workers as that user, even one: the process that keeps root
     (binds, holds the Docker socket and the TLS keys) must not be the one facing clients."""
     registry = PoolRegistry()
-    sockets = SocketSet()
     if config.workers <= 1 and config.user is None:
+        sockets = SocketSet()
         dataplane = DataPlane(registry, sockets)
         return SingleProcess(config, registry, sockets, dataplane, lambda view: control_plane(registry, view))
+    # A UDP address becomes a SO_REUSEPORT group, a socket per worker (runtime/udp_steering.py).
+    sockets = SocketSet(reuseport_udp=True)
     return Supervisor(config, registry, sockets, lambda view: control_plane(registry, view))
 
 

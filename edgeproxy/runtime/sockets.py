@@ -22,13 +22,16 @@ def socket_keys(config: Config) -> list[SocketKey]:
     return [socket_key(lst, a) for lst in config.listeners for a in lst.bind]
 
 
-def bind_socket(key: SocketKey) -> socket.socket:
+def bind_socket(key: SocketKey, *, reuseport: bool = False) -> socket.socket:
+    """``reuseport``: a member of a UDP SO_REUSEPORT group (runtime/udp_steering.py)."""
     proto, host, port = key
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # [::]:80 next to 0.0.0.0:80 must not claim the IPv4 side too (nginx's ipv6only=on).
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -50,9 +53,10 @@ class SocketSet:
     its one accept queue; a worker that exits leaves the queue to the others.
     """
 
-    def __init__(self, *, can_bind: bool = True) -> None:
+    def __init__(self, *, can_bind: bool = True, reuseport_udp: bool = False) -> None:
         self.sockets: dict[SocketKey, socket.socket] = {}
         self.can_bind = can_bind
+        self.reuseport_udp = reuseport_udp  # the supervisor's: each UDP socket starts a group
         self.committed: set[SocketKey] = set()  # the sockets of the running configuration
 
     def adopt(self, key: SocketKey, sock: socket.socket) -> None:
@@ -71,7 +75,7 @@ class SocketSet:
                 if key not in self.sockets:
                     if not self.can_bind:
                         raise OSError(0, "was not passed by the supervisor")
-                    self.sockets[key] = bind_socket(key)
+                    self.sockets[key] = bind_socket(key, reuseport=self.reuseport_udp and key[0] == "udp")
                     added.append(key)
         except OSError as e:
             for done in added:  # not `key`: that one names the address that failed

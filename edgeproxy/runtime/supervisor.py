@@ -5,9 +5,9 @@ Design (nginx's master/worker model, with in-place reload):
   Unix socketpair; runtime/channel.py). All workers accept from the *same* socket, so there is
   one accept queue per address: when a worker exits, is killed or restarts, connections waiting
   in the queue are accepted by the others. (With SO_REUSEPORT each worker would own a queue, and
-  the connections queued on an exiting worker's socket would be reset.) The hand-over is per
-  worker (``_give_sockets``), so a worker of its own socket (a UDP SO_REUSEPORT group) is a
-  small change there.
+  the connections queued on an exiting worker's socket would be reset.) UDP addresses are the
+  exception: each worker gets its own socket of a SO_REUSEPORT group steered by client address,
+  so one client's datagrams all reach one worker (runtime/udp_steering.py, ``_give_sockets``).
 - SIGHUP is a two-phase commit over the workers (runtime/reload.py): the supervisor reads and
   validates the file once, binds any new address and prepares its control plane; then sends the
   new sockets and the file's bytes to every worker, which prepares its data plane (``prepare``)
@@ -43,6 +43,7 @@ from edgeproxy.runtime import reload
 from edgeproxy.runtime.channel import Channel, ChannelClosed, Message
 from edgeproxy.runtime.role import ControlRole, MakeControl
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_keys
+from edgeproxy.runtime.udp_steering import UdpGroups
 from edgeproxy.staged import Staged
 
 WORKER_MODULE = "edgeproxy.runtime.main"  # ``python -m edgeproxy.runtime.main worker FD ID [UID:GID]``
@@ -79,6 +80,9 @@ class Supervisor(ControlRole):
 
     def __init__(self, config: Config, registry: PoolRegistry, sockets: SocketSet, make_control: MakeControl) -> None:
         super().__init__(config, registry, sockets, make_control)
+        # ``sockets`` binds UDP with SO_REUSEPORT (runtime/main.py): each such address is a group
+        # with one socket per worker (runtime/udp_steering.py).
+        self.udp_groups = UdpGroups()
         self.workers: dict[int, WorkerHandle] = {}
         self.exited: Families = {}  # counters of workers that are gone, kept so totals never drop
         self.restarts_total = 0
@@ -160,10 +164,14 @@ class Supervisor(ControlRole):
             log.error("worker failed to start", worker=wid, pid=proc.pid, error=reply.get("error"))
         return h
 
-    def _give_sockets(self, h: WorkerHandle) -> None:
+    def _give_sockets(self, h: WorkerHandle, workers: int | None = None) -> None:
+        """Every socket ``h`` lacks; of a UDP address, its own member of the group sized for
+        ``workers`` (default: the running configuration's)."""
         assert h.channel is not None
         for key, sock in self.sockets.sockets.items():
             if key not in h.sent:
+                if key[0] == "udp":
+                    sock = self.udp_groups.member(key, sock, h.id - 1, workers or self.config.workers)
                 h.channel.send({"op": "socket", "key": list(key)}, [sock])
                 h.sent.add(key)
 
@@ -225,7 +233,7 @@ class Supervisor(ControlRole):
     async def _prepare_workers(self, new: Config, raw: bytes) -> Staged:
         live = self._live()
         for h in live:
-            self._give_sockets(h)
+            self._give_sockets(h, new.workers)
         msg = {"op": "prepare", "path": new.path, "raw": raw.decode()}
         replies = await asyncio.gather(*(self._request(h, msg, RELOAD_TIMEOUT) for h in live), return_exceptions=True)
         errors = []
@@ -244,6 +252,8 @@ class Supervisor(ControlRole):
             keys = set(socket_keys(config))  # each worker now holds exactly these sockets
             for h in live:
                 h.sent &= keys
+            self.udp_groups.retain(keys)
+            self.udp_groups.resize(config.workers)
 
         if errors:
             end("abort", self.config)
@@ -332,6 +342,7 @@ class Supervisor(ControlRole):
     async def stop_accepting(self) -> None:
         self._draining = True
         self.sockets.close()  # our copies; each worker closes its own before it answers
+        self.udp_groups.close()
         live = [h for h in self.workers.values() if h.channel is not None and not h.channel.closed]
         await asyncio.gather(*(self._request(h, {"op": "stop"}, 5.0) for h in live), return_exceptions=True)
         log.info(
@@ -361,6 +372,7 @@ class Supervisor(ControlRole):
     def abort_start(self) -> None:
         for h in list(self.workers.values()):
             self._kill(h)
+        self.udp_groups.close()
         self.sockets.close()
 
     def kill_now(self) -> None:

@@ -3,6 +3,7 @@ PROXY v2 headers parsed by the independent ``proxyprotocol`` package in the back
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
@@ -10,10 +11,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from edgeproxy.runtime.udp_steering import steering_index
 from tests.helpers import (
     Datagram,
     EdgeProxy,
     UdpBackend,
+    admin_json,
     edgeproxy,
     free_port,
     hostport,
@@ -82,6 +87,25 @@ def access_lines(proxy: EdgeProxy) -> list[dict[str, Any]]:
     return [r for r in proxy.log_lines() if "datagrams_in" in r]
 
 
+def closed_udp_port(host: str = "127.0.0.1") -> str:
+    """A server address where nothing listens: datagrams to it draw ICMP port unreachable."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return hostport(host, s.getsockname()[1])
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+
+
 def test_dns_two_clients_share_two_servers_and_each_flow_sticks() -> None:
     a, b = UdpBackend(dns_server("192.0.2.1")), UdpBackend(dns_server("192.0.2.2"))
     port = free_port(kind=socket.SOCK_DGRAM)
@@ -146,13 +170,17 @@ def test_send_proxy_v2_every_datagram_carries_the_client_address() -> None:
     backend.close()
 
 
-def test_ipv6_listener_and_server_with_proxy_v2() -> None:
+@needs_ipv6
+@pytest.mark.parametrize("bind", ["::1", "::"])
+def test_ipv6_listener_and_server_with_proxy_v2(bind: str) -> None:
+    """Bound to ::1 or to [::] (wildcard): the reply comes from [::1]:port, the address the
+    client used, and the PROXY destination is that address (not [::])."""
     backend = UdpBackend(dns_server("192.0.2.6"), host="::1", expect_proxy=True)
-    port = free_port("::1", kind=socket.SOCK_DGRAM)
-    with edgeproxy(udp_config(port, [backend.address], host="::1", send_proxy="v2")), udp_client("::1") as c:
+    port = free_port(bind, kind=socket.SOCK_DGRAM)
+    with edgeproxy(udp_config(port, [backend.address], host=bind, send_proxy="v2")), udp_client("::1") as c:
         assert ask(c, port, 7, host="::1") == "192.0.2.6"
         cport = c.getsockname()[1]
-    d = backend.seen[0]
+    (d,) = backend.seen
     assert d.proxy is not None
     assert (str(d.proxy.source[0]), d.proxy.source[1]) == ("::1", cport)
     assert (str(d.proxy.dest[0]), d.proxy.dest[1]) == ("::1", port)
@@ -241,4 +269,167 @@ def test_sigterm_lets_an_open_flow_get_its_reply_then_ends_it_as_drain() -> None
         assert time.monotonic() - t0 < 8  # ends once quiet for 1 s, bounded by drain (2 s)
         (line,) = access_lines(proxy)
         assert (line["end"], line["datagrams_in"], line["datagrams_out"]) == ("drain", 2, 2)
+    backend.close()
+
+
+# -- wildcard binds: the reply leaves from the address the client sent to --------------------------
+
+
+def test_wildcard_bind_replies_from_the_address_each_client_sent_to() -> None:
+    backend = UdpBackend(dns_server("192.0.2.5"), expect_proxy=True)
+    port = free_port("0.0.0.0", kind=socket.SOCK_DGRAM)
+    with edgeproxy(udp_config(port, [backend.address], host="0.0.0.0", send_proxy="v2")) as proxy:
+        asked: dict[tuple[str, int], set[str]] = {}
+        for i in range(4):
+            with udp_client(f"127.0.0.{41 + i}") as c:  # unconnected: recvfrom shows who answered
+                dests = [f"127.0.0.{9 + i}", f"127.0.0.{19 + i}"]  # one socket, two local addresses
+                for n, dest in enumerate(dests * 2):
+                    assert ask(c, port, 10 * i + n, host=dest) == "192.0.2.5"  # from (dest, port)
+                asked[c.getsockname()] = set(dests)
+    # A flow per (client, local address), and the PROXY destination is that local address (not
+    # 0.0.0.0), as the independent parser reads it.
+    assert len(backend.seen) == 16
+    seen: dict[tuple[str, int], set[str]] = {}
+    for d in backend.seen:
+        assert d.proxy is not None and d.proxy.protocol == socket.SOCK_DGRAM and d.proxy.dest[1] == port
+        seen.setdefault((str(d.proxy.source[0]), d.proxy.source[1]), set()).add(str(d.proxy.dest[0]))
+    assert seen == asked
+    assert len(access_lines(proxy)) == 8
+    backend.close()
+
+
+# -- a dead server costs no datagram ----------------------------------------------------------------
+
+
+def test_closed_ports_never_cost_a_fresh_client_its_first_query() -> None:
+    live = UdpBackend(dns_server("192.0.2.7"))
+    dead = [closed_udp_port(), closed_udp_port()]
+    port, admin = free_port(kind=socket.SOCK_DGRAM), free_port()
+    cfg = udp_config(port, [*dead, live.address], balance="roundrobin")  # retries: 2 (the default)
+    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
+    with edgeproxy(cfg) as proxy:
+        for n in range(12):
+            with udp_client(f"127.0.0.{41 + n}", timeout=1.0) as c:
+                assert ask(c, port, n) == "192.0.2.7"  # one try: answered within 1 s
+        m = scrape(admin)
+    # The first flow was refused by both closed ports in turn (roundrobin), its query re-sent each
+    # time; both were then held out, so later flows went straight to the live server.
+    refused = [r for r in proxy.log_lines() if r.get("msg") == "udp server refused (ICMP port unreachable)"]
+    assert sorted(r["server"] for r in refused) == sorted(dead)
+    assert all(r["resend"] == 1 for r in refused)
+    assert metric(m, "edgeproxy_listener_udp_refused_total", listener="dns") == 2
+    assert metric(m, "edgeproxy_listener_udp_dropped_total", listener="dns") == 0
+    lines = access_lines(proxy)
+    assert len(lines) == 12 and {r["server"] for r in lines} == {live.address}
+    assert sorted(r["moves"] for r in lines) == [0] * 11 + [2]
+    assert len(live.seen) == 12
+    live.close()
+
+
+def test_a_refused_datagram_is_not_resent_beyond_retries() -> None:
+    live = UdpBackend(dns_server("192.0.2.8"))
+    dead = closed_udp_port()
+    port, admin = free_port(kind=socket.SOCK_DGRAM), free_port()
+    cfg = udp_config(port, [dead, live.address], balance="roundrobin", retries=0)
+    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
+    with edgeproxy(cfg), udp_client("127.0.0.41", timeout=1.0) as c:
+        with pytest.raises(TimeoutError):
+            ask(c, port, 1)  # roundrobin's first pick is the closed port; retries: 0 re-sends nothing
+        assert ask(c, port, 2) == "192.0.2.8"  # the flow's next datagram goes to the live server
+        m = scrape(admin)
+    assert metric(m, "edgeproxy_listener_udp_refused_total", listener="dns") == 1
+    assert metric(m, "edgeproxy_listener_udp_dropped_total", listener="dns") == 1
+    live.close()
+
+
+# -- workers: 2 ------------------------------------------------------------------------------------
+
+
+def echo_once_each(port: int, sources: list[str]) -> list[tuple[str, int]]:
+    """One datagram from a new client on each source address, echoed from the address it was
+    sent to; the clients' (address, port)."""
+    clients = []
+    for source in sources:
+        with udp_client(source) as c:
+            c.sendto(b"x", ("127.0.0.1", port))
+            assert c.recvfrom(512) == (b"x", ("127.0.0.1", port))
+            clients.append(c.getsockname())
+    return clients
+
+
+def test_two_workers_keep_each_client_on_one_worker_and_one_server() -> None:
+    a, b = UdpBackend(lambda q, _d: q), UdpBackend(lambda q, _d: q)  # echo
+    port = free_port("0.0.0.0", kind=socket.SOCK_DGRAM)
+    cfg = udp_config(port, [a.address, b.address], host="0.0.0.0", balance="roundrobin")
+    cfg["workers"] = 2
+    with edgeproxy(cfg) as proxy:
+        with udp_client("127.0.0.41", timeout=5.0) as c:
+            for n in range(200):  # all at once: both workers are awake for them
+                c.sendto(b"q%d" % n, ("127.0.0.9", port))
+            replies = [c.recvfrom(512) for _ in range(200)]
+            one = c.getsockname()
+        assert sorted(r[0] for r in replies) == sorted(b"q%d" % n for n in range(200))
+        assert {r[1] for r in replies} == {("127.0.0.9", port)}
+        clients = echo_once_each(port, [f"127.0.0.{50 + i}" for i in range(16)])
+    # One flow (one worker, one upstream socket, one server) had all 200 datagrams.
+    (line,) = [r for r in access_lines(proxy) if r["client"] == hostport(*one)]
+    assert (line["datagrams_in"], line["datagrams_out"], line["moves"]) == (200, 200, 0)
+    (server,) = [s for s in (a, b) if any(d.payload.startswith(b"q") for d in s.seen)]
+    assert len([d for d in server.seen if d.payload.startswith(b"q")]) == 200
+    assert len({d.peer for d in server.seen if d.payload.startswith(b"q")}) == 1
+    # Several clients spread over both workers, each exactly where the steering program puts it.
+    workers = {r["client"]: r["worker"] for r in access_lines(proxy)}
+    expected = {hostport(*c): steering_index(socket.AF_INET, 2, *c) + 1 for c in [one, *clients]}
+    assert workers == expected
+    assert set(workers.values()) == {1, 2}
+    a.close()
+    b.close()
+
+
+def client_steered_to(member: int, of: int, timeout: float) -> socket.socket:
+    """A client socket whose address the steering program maps to ``member`` of ``of``."""
+    for n in range(64):
+        c = udp_client(f"127.0.0.{41 + n}", timeout=timeout)
+        if steering_index(socket.AF_INET, of, *c.getsockname()) == member:
+            return c
+        c.close()
+    raise AssertionError("no client address maps to that member")
+
+
+def test_a_killed_worker_s_clients_wait_in_its_socket_and_are_answered_by_its_replacement() -> None:
+    backend = UdpBackend(dns_server("192.0.2.10"))
+    port, admin = free_port(kind=socket.SOCK_DGRAM), free_port()
+    cfg = udp_config(port, [backend.address])
+    cfg.update(workers=2, admin={"bind": f"127.0.0.1:{admin}"})
+    with edgeproxy(cfg) as proxy:
+        victim = next(w for w in admin_json(admin)["workers"] if w["id"] == 1)
+        os.kill(victim["pid"], signal.SIGKILL)
+        # A client the program steers to worker 1's socket, asking while that worker is dead:
+        # the supervisor holds the socket, so the query waits there for the restarted worker.
+        with client_steered_to(0, of=2, timeout=15) as c:
+            assert ask(c, port, 1) == "192.0.2.10"
+            restarted = proxy.wait_log(lambda r: r.get("msg") == "worker restarted")
+            assert ask(c, port, 2) == "192.0.2.10"
+            client = hostport(*c.getsockname())
+    (line,) = [r for r in access_lines(proxy) if r["client"] == client]
+    assert (line["worker"], line["datagrams_in"]) == (1, 2)  # one flow, in the new worker 1
+    assert restarted["pid"] != victim["pid"]
+    backend.close()
+
+
+def test_a_reload_to_three_workers_steers_new_clients_over_three() -> None:
+    backend = UdpBackend(lambda q, _d: q)  # echo
+    port = free_port(kind=socket.SOCK_DGRAM)
+    cfg = udp_config(port, [backend.address])
+    cfg["workers"] = 2
+    with edgeproxy(cfg) as proxy:
+        cfg["workers"] = 3
+        proxy.write_config(cfg)
+        proxy.send(signal.SIGHUP)
+        proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded")
+        proxy.wait_log(lambda r: r.get("msg") == "worker started" and r.get("worker") == 3)
+        clients = echo_once_each(port, [f"127.0.0.{41 + i}" for i in range(24)])
+    workers = {r["client"]: r["worker"] for r in access_lines(proxy)}
+    assert workers == {hostport(*c): steering_index(socket.AF_INET, 3, *c) + 1 for c in clients}
+    assert set(workers.values()) == {1, 2, 3}
     backend.close()
