@@ -26,7 +26,18 @@ from typing import Any
 import pytest
 
 from tests import process_probe
-from tests.helpers import ROOT, Backend, connect, edgeproxy, free_port, proxy_config, whoami_handler
+from tests.helpers import (
+    ROOT,
+    Backend,
+    UdpBackend,
+    connect,
+    edgeproxy,
+    free_port,
+    proxy_config,
+    udp_client,
+    whoami_handler,
+)
+from tests.integration.test_udp import ask, dns_server, udp_config
 from tests.privsep import NOBODY, need_privsep, python_for
 
 
@@ -35,12 +46,12 @@ def as_root() -> None:
     need_privsep()
 
 
-def free_low_port(taken: Collection[int] = ()) -> int:
+def free_low_port(taken: Collection[int] = (), kind: int = socket.SOCK_STREAM) -> int:
     """A port below 1024, free on 127.0.0.1 (as root, we can try)."""
     for port in random.sample(range(600, 1024), 424):
         if port in taken:
             continue
-        with socket.socket() as s:
+        with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind(("127.0.0.1", port))
                 return port
@@ -127,6 +138,25 @@ def test_one_worker_drops_root_while_the_supervisor_binds_low_ports(
         assert process_probe.credentials(restarted["pid"]) == process_probe.dropped(NOBODY, NOBODY)
         assert whoami(low, "127.0.0.34").startswith("src=127.0.0.34:")
     assert proxy.proc.returncode == 0
+    backend.close()
+
+
+def test_udp_on_a_port_below_1024_with_two_dropped_workers(as_root: None) -> None:
+    """A UDP address is a SO_REUSEPORT group bound by the supervisor, a socket per worker: the
+    workers, as nobody, serve it and answer from the listener's address."""
+    backend = UdpBackend(dns_server("192.0.2.7"), expect_proxy=True)
+    port = free_low_port(kind=socket.SOCK_DGRAM)
+    cfg = {**udp_config(port, [backend.address], send_proxy="v2"), "user": "nobody", "workers": 2}
+    with edgeproxy(cfg, python=python_for()) as proxy:
+        workers = proxy.wait_log(lambda r: r.get("msg") == "edgeproxy started")["worker_pids"]
+        assert [process_probe.credentials(w) for w in workers] == [process_probe.dropped(NOBODY, NOBODY)] * 2
+        clients = [udp_client(f"127.0.0.{51 + i}") for i in range(6)]
+        for n, c in enumerate(clients):
+            assert ask(c, port, n) == "192.0.2.7"  # from 127.0.0.1:port, or ask() fails
+        expected = {c.getsockname() for c in clients}
+        for c in clients:
+            c.close()
+    assert {(str(d.proxy.source[0]), d.proxy.source[1]) for d in backend.seen if d.proxy} == expected
     backend.close()
 
 
