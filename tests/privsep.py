@@ -10,11 +10,15 @@ environment's site-packages on PYTHONPATH and the checkout as its working direct
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,6 +37,18 @@ def need_privsep() -> None:
         if os.environ.get("EDGEPROXY_SWARM_TESTS") == "require":
             pytest.fail(f"EDGEPROXY_SWARM_TESTS=require: {reason}")
         pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def directory(mode: int) -> Iterator[Path]:
+    """A new directory in /tmp with ``mode`` (pytest's tmp_path sits in root's 0700 directory,
+    which a dropped process could not even enter), removed with what it holds."""
+    d = Path(tempfile.mkdtemp(prefix="ep-privsep-", dir="/tmp"))
+    d.chmod(mode)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _readable_by(uid: int, gid: int, dirs: list[str]) -> bool:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import errno
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -38,7 +36,7 @@ from tests.helpers import (
     whoami_handler,
 )
 from tests.integration.test_udp import ask, dns_server, udp_config
-from tests.privsep import NOBODY, need_privsep, python_for
+from tests.privsep import NOBODY, directory, need_privsep, python_for
 
 
 @pytest.fixture
@@ -63,27 +61,18 @@ def free_low_port(taken: Collection[int] = (), kind: int = socket.SOCK_STREAM) -
 @pytest.fixture
 def root_key() -> Iterator[Path]:
     """A private key as an operator keeps it: root's, 0600, in a directory anyone may enter."""
-    d = Path(tempfile.mkdtemp(prefix="ep-keys-", dir="/tmp"))
-    d.chmod(0o755)
-    key = d / "client-key.pem"
-    key.write_text("-----BEGIN PRIVATE KEY-----\n")
-    key.chmod(0o600)
-    try:
+    with directory(0o755) as d:
+        key = d / "client-key.pem"
+        key.write_text("-----BEGIN PRIVATE KEY-----\n")
+        key.chmod(0o600)
         yield key
-    finally:
-        key.unlink()
-        d.rmdir()
 
 
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
-    """A directory anyone may read (pytest's tmp_path is in root's 0700 directory)."""
-    d = Path(tempfile.mkdtemp(prefix="ep-privsep-", dir="/tmp"))
-    d.chmod(0o777)
-    try:
+    """A directory anyone may write to."""
+    with directory(0o777) as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def whoami(port: int, source: str) -> str:

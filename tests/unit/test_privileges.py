@@ -10,7 +10,6 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from edgeproxy.config import User, parse_user
 from edgeproxy.runtime.privileges import check_readable, drop, import_dirs
+from tests.privsep import directory
 
 NOBODY = 65534  # nobody / nogroup on Debian
 
@@ -91,12 +91,8 @@ def root_only() -> Iterator[Path]:
     """A directory anyone may enter, holding what only root (or the docker group) may use."""
     if os.geteuid() != 0:
         pytest.skip("dropping privileges needs root")
-    d = Path(tempfile.mkdtemp(prefix="ep-priv-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
+    with directory(0o755) as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_a_dropped_child_has_the_user_no_capabilities_and_no_way_back(root_only: Path) -> None:
