@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,14 @@ class BuildOrFallBack(build_ext):
         super().finalize_options()
 
     def run(self) -> None:
+        if self.inplace:  # an editable install: a previous build's stamp would keep its modules in use
+            (HERE / "edgeproxy" / BUILD.STAMP).unlink(missing_ok=True)
         if not self.extensions:
             return
         try:
             super().run()
         except Exception as e:  # CompileError, LinkError, a missing compiler: all mean "no C here"
-            _say(f"compiling the hot path failed ({type(e).__name__}: {e}); installing pure Python")
+            _say(f"compiling the hot path failed ({_first_line(e)}); installing pure Python")
             for output in self.get_outputs():
                 Path(output).unlink(missing_ok=True)
             self.extensions = []
@@ -73,9 +76,34 @@ class BuildOrFallBack(build_ext):
         return outputs
 
 
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def _c_compiler_problem() -> str | None:
+    """Why a C extension cannot be built here (None: it can), known before mypyc's mypy run."""
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.sysconfig import customize_compiler, get_python_inc
+
+    cc = new_compiler()
+    customize_compiler(cc)  # CC, CFLAGS... as build_ext will use them
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.c"
+        probe.write_text("#include <Python.h>\nint probe(void) { return 0; }\n")
+        try:
+            cc.compile([str(probe)], output_dir=tmp, include_dirs=[get_python_inc()])
+        except Exception as e:
+            return _first_line(e)
+    return None
+
+
 def ext_modules() -> list[Any]:
     if os.environ.get(BUILD.PURE_ENV, "") not in ("", "0"):
         _say(f"{BUILD.PURE_ENV} set: installing pure Python")
+        return []
+    problem = _c_compiler_problem()
+    if problem is not None:
+        _say(f"no working C compiler with the Python headers ({problem}); installing pure Python")
         return []
     try:
         from mypyc.build import mypycify
@@ -86,7 +114,7 @@ def ext_modules() -> list[Any]:
     try:
         return list(mypycify(paths, opt_level="3", group_name="edgeproxy"))
     except BaseException as e:  # mypyc exits on a type error; never the install with it
-        _say(f"mypyc could not compile the hot path ({type(e).__name__}: {e}); installing pure Python")
+        _say(f"mypyc could not compile the hot path ({_first_line(e)}); installing pure Python")
         return []
 
 
