@@ -134,7 +134,7 @@ backends:
   v1: {send_proxy: v1, servers: [127.0.0.1:53], swarm: {service: dns, port: 53}}
 """)
     text = "\n".join(errs)
-    assert "listeners[0].routes: routes need mode: http (this listener is tcp)" in text
+    assert "listeners[0].routes[0].path_prefix: a tcp route matches the TLS server name: use 'sni'" in text
     assert "listeners[1].accept_proxy: accept_proxy is not supported on udp listeners" in text
     assert "listeners[1].backend: backend 'v1' has send_proxy: v1, which has no datagram form" in text
     assert "listeners[2].routes[0]: a route needs 'host', 'path_prefix' or both" in text
