@@ -151,7 +151,7 @@ class Supervisor(ControlRole):
         self._give_sockets(h)
         try:
             reply = await h.channel.request(
-                {"op": "config", "path": self.config.path, "raw": self.raw.decode()}, timeout=START_TIMEOUT
+                reload.worker_message("config", self.config, self.raw), timeout=START_TIMEOUT
             )
         except (ChannelClosed, TimeoutError) as e:
             reply = {"ok": False, "error": str(e) or "timeout"}
@@ -234,7 +234,7 @@ class Supervisor(ControlRole):
         live = self._live()
         for h in live:
             self._give_sockets(h, new.workers)
-        msg = {"op": "prepare", "path": new.path, "raw": raw.decode()}
+        msg = reload.worker_message("prepare", new, raw)
         replies = await asyncio.gather(*(self._request(h, msg, RELOAD_TIMEOUT) for h in live), return_exceptions=True)
         errors = []
         for h, r in zip(live, replies, strict=True):

@@ -120,7 +120,7 @@ class Worker:
         self._finish_pending(False)
         self._preparing, self._abort_prepared = True, False
         try:
-            config = per_worker(reload.parse(str(msg["raw"]).encode(), str(msg["path"])))
+            config = per_worker(reload.parse_message(msg))
             tx = await self._prepare(config)
         except Exception as e:  # never let a reload end the worker: say why, keep serving
             self.channel.reply(msg, ok=False, error=reload.describe(e))
