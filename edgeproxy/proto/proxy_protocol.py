@@ -461,8 +461,6 @@ def _parse_v2_other(n: int, ver_cmd: int, fam: int, length: int) -> tuple[ProxyH
     return _V2_LOCAL_HEADER, end
 
 
-
-
 def _check_tlvs(buf: bytes | bytearray, pos: int, end: int) -> None:
     """The TLVs from ``pos`` (after the address block) to ``end`` (the header's end)."""
     while pos < end:
