@@ -21,6 +21,16 @@ MAX_FILE_BYTES = 4 << 20
 """A CA bundle is a few hundred KiB (Debian's, 146 certificates: 220 KiB); 4 MiB keeps a wrong
 path (a log file, a disk image) from being read whole."""
 
+_OPENSSL_NOISE = re.compile(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\] | \(_ssl\.c:\d+\)$")
+
+
+def openssl_reason(e: ssl.SSLError) -> str:
+    """OpenSSL's reason without its library code and Python's source line (which differ between
+    builds): ``[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)`` -> ``wrong version
+    number``."""
+    return _OPENSSL_NOISE.sub("", str(e.args[1] if len(e.args) > 1 else e))
+
+
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n[^-]*?-----END CERTIFICATE-----")
 
 
@@ -76,6 +86,8 @@ def ca_certificates(read: FileReader, path: str) -> bytes:
     pem = b"\n".join(blocks) + b"\n"
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
-    except (ssl.SSLError, ValueError) as e:  # ValueError: non-ASCII inside a block
+    except ssl.SSLError as e:
+        raise ValueError(f"{path} holds a certificate OpenSSL cannot read: {openssl_reason(e)}") from None
+    except ValueError as e:  # non-ASCII inside a block
         raise ValueError(f"{path} holds a certificate OpenSSL cannot read: {e}") from None
     return pem

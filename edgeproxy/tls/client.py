@@ -12,13 +12,11 @@ setting) and the data plane builds them when a config is prepared, not on a firs
 from __future__ import annotations
 
 import functools
-import re
 import ssl
 from collections.abc import Iterable
 
 from edgeproxy.config import BackendTLS
-
-_OPENSSL_NOISE = re.compile(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\] | \(_ssl\.c:\d+\)$")
+from edgeproxy.config.files import openssl_reason
 
 
 @functools.lru_cache(maxsize=64)
@@ -57,5 +55,4 @@ def describe(e: ssl.SSLError) -> str:
     unable to get local issuer certificate`` or ``TLS handshake failed: wrong version number``."""
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"certificate verify failed: {e.verify_message}"
-    text = _OPENSSL_NOISE.sub("", str(e.args[1] if len(e.args) > 1 else e))
-    return f"TLS handshake failed: {text}"
+    return f"TLS handshake failed: {openssl_reason(e)}"
