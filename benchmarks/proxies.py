@@ -3,7 +3,10 @@
 Both get the same job: HTTP mode strips the client's X-Forwarded-For and sets its own (HAProxy:
 ``option forwardfor`` + ``http-request del-header X-Forwarded-For``; edgeproxy:
 ``forwarded.headers: [x-forwarded-for]``); TCP mode optionally sends a PROXY v2 header
-(``send-proxy-v2`` / ``send_proxy: v2``); ``workers`` = ``nbthread``. Neither writes an access log.
+(``send-proxy-v2`` / ``send_proxy: v2``); ``workers`` = ``nbthread``. With ``sni``, TCP mode
+routes TLS it does not terminate by the ClientHello's server name (HAProxy: ``tcp-request
+inspect-delay`` + ``use_backend ... if { req.ssl_sni -i NAME }``; edgeproxy: ``routes: [{sni:
+NAME}]``), the default backend being a dead server in both. Neither writes an access log.
 A proxy that cannot run a scenario (a mode or option this build lacks) raises ``Skip``.
 """
 
@@ -40,6 +43,8 @@ class Setup:
     send_proxy: bool = False
     workers: int = 1
     max_conns: int = 5000
+    sni: str | None = None  # TLS passthrough routed by this server name (the backend speaks TLS)
+    dead_port: int = 9  # the default backend's server with ``sni``: nothing listens (discard)
 
 
 class Proxy:
@@ -61,7 +66,7 @@ class Proxy:
 
     def _ready(self, setup: Setup) -> None:
         """Wait until a request passes through, then check that the proxy did the scenario's work."""
-        error = wait_http(self.port, "/small", START_TIMEOUT, self.proc.alive)
+        error = wait_http(self.port, "/small", START_TIMEOUT, self.proc.alive, tls=setup.sni)
         if error is not None:
             tail = self.proc.log_tail(10).splitlines()
             alerts = [line for line in tail if "ALERT" in line or '"error"' in line] or tail[-2:]
@@ -71,8 +76,8 @@ class Proxy:
             _, body = http_get(self.port, "/whoami", {"X-Forwarded-For": "203.0.113.66"})
             expect = b"xff=127.0.0.1\n"
         elif setup.send_proxy:
-            _, body = http_get(self.port, "/whoami")
-            expect = b"proxy=127.0.0.1\n"
+            _, body = http_get(self.port, "/whoami", tls=setup.sni)
+            expect = b"proxy=127.0.0.1\n" if setup.sni is None else f"proxy=127.0.0.1 sni={setup.sni}\n".encode()
         else:
             return
         if body != expect:
@@ -132,12 +137,25 @@ def haproxy_config(setup: Setup, port: int) -> str:
         f"    bind 127.0.0.1:{port}",
         f"    maxconn {setup.max_conns}",
         *(["    option forwardfor", "    http-request del-header X-Forwarded-For"] if http else []),
-        "    default_backend nginx",
+        *_haproxy_sni(setup),
         "backend nginx",
         f"    {server}",
+        *(["backend dead", f"    server dead 127.0.0.1:{setup.dead_port}"] if setup.sni else []),
         "",
     ]
     return "\n".join(lines)
+
+
+def _haproxy_sni(setup: Setup) -> list[str]:
+    """The frontend's routing: by the ClientHello's SNI (HAProxy's documented recipe), or none."""
+    if setup.sni is None:
+        return ["    default_backend nginx"]
+    return [
+        "    tcp-request inspect-delay 5s",
+        "    tcp-request content accept if { req.ssl_hello_type 1 }",
+        f"    use_backend nginx if {{ req.ssl_sni -i {setup.sni} }}",
+        "    default_backend dead",
+    ]
 
 
 class EdgeProxy(Proxy):
@@ -191,18 +209,23 @@ def edgeproxy_config(setup: Setup, port: int) -> dict[str, Any]:
     }
     if setup.mode == "http":
         listener["forwarded"] = {"headers": ["x-forwarded-for"]}
+    backends: dict[str, Any] = {
+        "nginx": {
+            "send_proxy": "v2" if setup.send_proxy else "none",
+            "health": {"type": "none"},
+            "servers": [f"127.0.0.1:{setup.backend_port}"],
+        }
+    }
+    if setup.sni is not None:
+        listener["backend"] = "dead"
+        listener["routes"] = [{"sni": setup.sni, "backend": "nginx"}]
+        backends["dead"] = {"health": {"type": "none"}, "servers": [f"127.0.0.1:{setup.dead_port}"]}
     return {
         "workers": setup.workers,
         "log": {"level": "info", "access": "off"},
         "timeouts": {"connect": "5s", "client_idle": "300s", "server_idle": "300s", "drain": "5s"},
         "listeners": [listener],
-        "backends": {
-            "nginx": {
-                "send_proxy": "v2" if setup.send_proxy else "none",
-                "health": {"type": "none"},
-                "servers": [f"127.0.0.1:{setup.backend_port}"],
-            }
-        },
+        "backends": backends,
     }
 
 

@@ -1,4 +1,4 @@
-"""The seven scenarios of issue 6, and the bar each ratio is held to."""
+"""The seven scenarios of issue 6, issue 13's SNI passthrough, and the bar each ratio is held to."""
 
 from __future__ import annotations
 
@@ -35,13 +35,16 @@ class Scenario:
     target: Target
     kind: str = "wrk"  # wrk | idle
     path: str = "/small"
-    backend: str = "http"  # http | proxy_protocol (which nginx server)
+    backend: str = "http"  # http | proxy_protocol | tls_proxy_protocol (which nginx server)
     send_proxy: bool = False
     connections: int = 50
     headers: dict[str, str] = field(default_factory=dict)
     workers: int = 1
     reload_every: float | None = None
     idle_count: int = 10_000
+    # TLS through the proxy, not terminated: wrk speaks HTTPS to this server name, which an SNI
+    # route sends to the backend (the listener's default backend is a dead one).
+    sni: str | None = None
 
 
 SCENARIOS = [
@@ -58,6 +61,9 @@ SCENARIOS = [
              Target("scaling", 1.8, 1.8, lower_is_better=False), workers=2),
     Scenario("7", "http-reload", "scenario 1 with a reload every second", "http", Target("errors", 0, 0),
              reload_every=1.0),
+    Scenario("8", "tls-passthrough", "TLS passthrough by SNI + PROXY v2, new TLS connection per request", "tcp",
+             Target("cpu_ratio", 1.2, 1.0), backend="tls_proxy_protocol", send_proxy=True, sni="localhost",
+             headers={"Connection": "close"}),
 ]  # fmt: skip
 
 

@@ -87,4 +87,4 @@ def test_verdicts_and_selection() -> None:
     assert [bulk.verdict(v) for v in (1.3, 1.0, 0.5)] == ["meets goal", "meets first bar", "misses first bar"]
     assert [s.key for s in select(["4,1", "tcp-proxy-v2"])] == ["1", "3", "4"]
     with pytest.raises(ValueError, match="unknown scenario"):
-        select(["9"])
+        select(["99"])
