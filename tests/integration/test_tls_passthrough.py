@@ -6,6 +6,7 @@ independent ``proxyprotocol`` package on the backend side."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import ssl
 import time
@@ -30,6 +31,7 @@ from tests.helpers import (
 from tests.helpers import (
     test_dir as make_dir,
 )
+from tests.privsep import need_privsep, python_for
 
 
 @pytest.fixture(scope="module")
@@ -380,3 +382,28 @@ def test_check_refuses_a_missing_ca_file_with_its_line(tmp_path: Path) -> None:
     assert f"{cfg}:7: backends.app.tls.ca: cannot read {tmp_path}/missing.pem: No such file or directory" in (
         out.stdout + out.stderr
     )
+
+
+def test_workers_dropped_to_nobody_verify_with_a_ca_file_only_root_can_read(ca: trustme.CA, tmp_path: Path) -> None:
+    """The supervisor (root) reads the ca file; the workers (nobody, which cannot open it: mode
+    0600 in root's 0700 pytest directory) get its contents over the channel, at start and reload."""
+    need_privsep()
+    backend = TlsHttpBackend(ca, "app.internal")
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    ca_path.chmod(0o600)
+    port = free_port()
+    cfg = {**http_config(port, [backend.address], {"ca": str(ca_path), "sni": "app.internal"}), "user": "nobody"}
+    cfg["workers"] = 2
+    with edgeproxy(cfg, python=python_for()) as proxy:
+        for i in range(4):
+            with HttpClient("127.0.0.1", port, source=f"127.0.0.{60 + i}") as c:
+                assert c.json("/")["xff"] == [f"127.0.0.{60 + i}"]
+        cfg["backends"]["app"]["retries"] = 1
+        proxy.write_config(cfg)
+        proxy.send(signal.SIGHUP)
+        proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded")
+        with HttpClient("127.0.0.1", port) as c:
+            assert c.json("/")["xff"] == ["127.0.0.1"]
+    assert len(backend.requests) == 5
+    backend.close()
