@@ -20,6 +20,7 @@ import trustme
 from tests.helpers import (
     NO_CHECKS,
     Backend,
+    EdgeProxy,
     HttpBackend,
     HttpClient,
     Seen,
@@ -127,13 +128,20 @@ def three_servers(ca: trustme.CA, *, expect_proxy: bool = False) -> Iterator[dic
             s.backend.close()
 
 
-def test_passthrough_to_real_tls_servers_chosen_by_sni(ca: trustme.CA) -> None:
+@contextlib.contextmanager
+def sni_proxy(ca: trustme.CA, **backend: Any) -> Iterator[tuple[int, dict[str, TlsServer], EdgeProxy]]:
+    """edgeproxy's tcp listener with sni routes to the three servers: (its port, servers, proxy)."""
     port = free_port()
-    client = client_context(ca)
     with (
-        three_servers(ca) as servers,
-        edgeproxy(sni_config(port, {k: v.address for k, v in servers.items()})) as proxy,
+        three_servers(ca, expect_proxy=backend.get("send_proxy") == "v2") as servers,
+        edgeproxy(sni_config(port, {k: v.address for k, v in servers.items()}, **backend)) as proxy,
     ):
+        yield port, servers, proxy
+
+
+def test_passthrough_to_real_tls_servers_chosen_by_sni(ca: trustme.CA) -> None:
+    client = client_context(ca)
+    with sni_proxy(ca) as (port, servers, proxy):
         assert ask(port, client, "alpha.test") == "alpha"
         assert ask(port, client, "ALPHA.test") == "alpha"  # names are case-insensitive
         assert ask(port, client, "www.beta.test") == "beta"
@@ -150,12 +158,8 @@ def test_passthrough_to_real_tls_servers_chosen_by_sni(ca: trustme.CA) -> None:
 
 
 def test_send_proxy_v2_carries_the_sni_as_authority(ca: trustme.CA) -> None:
-    port = free_port()
     client = client_context(ca)
-    with (
-        three_servers(ca, expect_proxy=True) as servers,
-        edgeproxy(sni_config(port, {k: v.address for k, v in servers.items()}, send_proxy="v2")),
-    ):
+    with sni_proxy(ca, send_proxy="v2") as (port, servers, _proxy):
         with connect("127.0.0.1", port, source="127.0.0.31") as raw:
             cport = raw.getsockname()[1]
             with client.wrap_socket(raw, server_hostname="x.beta.test") as tls:
@@ -199,22 +203,14 @@ def send_hello_byte_by_byte(port: int, ctx: ssl.SSLContext, name: str) -> str:
 
 
 def test_client_hello_one_byte_per_segment(ca: trustme.CA) -> None:
-    port = free_port()
-    with (
-        three_servers(ca) as servers,
-        edgeproxy(sni_config(port, {k: v.address for k, v in servers.items()})),
-    ):
+    with sni_proxy(ca) as (port, _servers, _proxy):
         assert send_hello_byte_by_byte(port, client_context(ca), "alpha.test") == "alpha"
         assert send_hello_byte_by_byte(port, client_context(ca), "b.beta.test") == "beta"
 
 
 def test_non_tls_and_silent_clients_are_closed_while_others_are_served(ca: trustme.CA) -> None:
-    port = free_port()
     client = client_context(ca)
-    with (
-        three_servers(ca) as servers,
-        edgeproxy(sni_config(port, {k: v.address for k, v in servers.items()})) as proxy,
-    ):
+    with sni_proxy(ca) as (port, servers, proxy):
         # 50 clients that connect and say nothing, held open meanwhile.
         silent = [connect("127.0.0.1", port) for _ in range(50)]
         try:
