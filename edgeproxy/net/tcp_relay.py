@@ -235,7 +235,10 @@ class TcpConnection(asyncio.Protocol):
             return
         upstream = _Upstream(self)
         header = pool.proxy_header(self.client, self.dest, self._tlvs() if self.sni or self.tls else b"")
-        result = await connect_upstream(ctx, pool, self.client[0], lambda _server: upstream, header=header)
+        # The client's first bytes (a ClientHello, what followed a PROXY header) go with the header.
+        first = b"".join(self.pending)
+        self.pending.clear()
+        result = await connect_upstream(ctx, pool, self.client[0], lambda _server: upstream, header=header, data=first)
         self.connecting = None
         if self.closed is not None:  # closed as the connect completed (close() cancels it otherwise)
             if result is not None:
@@ -249,7 +252,7 @@ class TcpConnection(asyncio.Protocol):
         self.upstream_transport = transport
         self.upstream = upstream
         self.backend = pool.name
-        if self.pending:
+        if self.pending:  # what came during the connect (a read already under way when paused)
             transport.write(b"".join(self.pending))
             self.pending.clear()
         client = cast(asyncio.Transport, self.client_transport)

@@ -39,13 +39,16 @@ async def connect_upstream(
     first: Server | None = None,
     exclude: Sequence[Server] = (),
     header: bytes = b"",
+    data: bytes = b"",
 ) -> tuple[asyncio.Transport, Server] | None:
     """Connect to a server of ``pool``; None when every attempt failed or nothing is up.
 
     ``factory(server)`` makes the protocol for a connection to ``server``. ``first``: a server
     the caller already picked (http mode picks before it knows whether an idle connection to it
     exists); retries pick again, never one of ``exclude`` (servers this request already tried).
-    ``header`` (the PROXY header) is written first on the connection made. The returned server
+    ``header`` (the PROXY header) is written first on the connection made, in clear, then
+    ``data`` (a client's first bytes), over TLS if the backend has it; on a plain connection
+    both go in one write, so one segment. The returned server
     has been ``acquire()``d; the caller releases it when done.
 
     Times: the balancer's passive-health clock is ``time.monotonic()`` (balance/server.py), so
@@ -66,12 +69,14 @@ async def connect_upstream(
             async with asyncio.timeout(ctx.timeouts.connect):
                 if sslctx is None:
                     transport, _ = await loop.create_connection(_bound(factory, server), server.host, server.port)
-                    if header:
-                        transport.write(header)
+                    if header or data:
+                        transport.write(header + data)
                 else:
                     assert tls is not None
                     name = server_name(tls, server.host)
                     transport = await _connect_tls(loop, _bound(factory, server), server, sslctx, name, header)
+                    if data:
+                        transport.write(data)
         except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
             server.release()
             server.mark_failed(time.monotonic(), SUSPECT_HOLD)
