@@ -397,3 +397,51 @@ class HttpsLoad:
         self._stop.set()
         for t in self._threads:
             t.join(30)
+
+
+def test_large_bodies_both_ways_through_tls(pki: Pki) -> None:
+    """Flow control through the TLS layer: a 4 MiB upload and a 16 MiB download on one
+    keep-alive connection, the client reading slowly at first."""
+    a = pki.issue("a", "a.test")
+    big = bytes(range(256)) * (16 * 4096)
+
+    def handler(req: Any, conn: socket.socket) -> bool:
+        body = big if req.target == "/big" else str(len(req.body)).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return True
+
+    backend = HttpBackend(handler=handler)
+    port = free_port()
+    with edgeproxy(https_config(port, backend, [a])), tls_connect(port, pki.client(), "a.test") as s:
+        upload = b"x" * (4 << 20)
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n" % len(upload) + upload)
+        with s.makefile("rb") as f:
+            status, _, body, _ = read_http_response(f)
+            assert (status, body) == (200, str(len(upload)).encode())
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            time.sleep(1.0)  # the proxy's buffers fill: it must pause, not drop or balloon
+            status, _, body, _ = read_http_response(f)
+            assert status == 200 and body == big
+
+
+def test_reload_with_a_bad_certificate_keeps_serving_and_metrics_show_expiry(pki: Pki) -> None:
+    a = pki.issue("a", "a.test")
+    backend = HttpBackend()
+    port, admin = free_port(), free_port()
+    cfg = https_config(port, backend, [a])
+    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
+    with edgeproxy(cfg) as proxy:
+        samples = scrape(admin)
+        expiry = samples[("edgeproxy_tls_certificate_expiry_timestamp_seconds", frozenset({("name", "a.test")}))]
+        assert expiry > time.time() + 300 * 86400
+        b = pki.issue("b", "b.test")
+        cfg["listeners"][0]["tls"]["certificates"] = [{"cert": a["cert"], "key": b["key"]}]
+        proxy.write_config(cfg)
+        proxy.send(__import__("signal").SIGHUP)
+        failed = proxy.wait_log(lambda r: r.get("msg", "").startswith("reload failed"), timeout=20)
+        assert failed["step"] == "certificates"
+        assert "listeners[0].tls.certificates[0].key" in failed["errors"][0]
+        assert "does not match" in failed["errors"][0]
+        with tls_connect(port, pki.client(), "a.test") as s:
+            assert get(s)[0] == 200
+        assert metric(scrape(admin), "edgeproxy_config_reloads_total", result="failure") == 1
