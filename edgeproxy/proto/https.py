@@ -17,11 +17,15 @@ import re
 _REG_NAME = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=%]+")  # RFC 3986 3.2.2 reg-name (IPv4 included)
 _IP_LITERAL = re.compile(rb"\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9\-._~%]+)?\]")  # [v6] (no IPvFuture)
 _PORT = re.compile(rb"[0-9]*")
+_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]*")  # no space or control byte (the parser refuses them too)
 
 
 def https_location(host: bytes | None, target: bytes, tls_port: int, connected_to: str) -> bytes | None:
     """The ``Location`` for ``target`` (the request target as received), or None when ``host``
-    is not a host. ``connected_to``: the local address, for a request without a host."""
+    is not a host (or the target holds a byte no target may). ``connected_to``: the local
+    address, for a request without a host."""
+    if not _TARGET.fullmatch(target):
+        return None
     if host is None:
         name = f"[{connected_to}]" if ":" in connected_to else connected_to
         hostname: bytes | None = name.encode("ascii", "replace")
