@@ -445,3 +445,26 @@ def test_reload_with_a_bad_certificate_keeps_serving_and_metrics_show_expiry(pki
         with tls_connect(port, pki.client(), "a.test") as s:
             assert get(s)[0] == 200
         assert metric(scrape(admin), "edgeproxy_config_reloads_total", result="failure") == 1
+
+
+def test_tls_on_a_tcp_listener_terminates_then_relays(pki: Pki) -> None:
+    """tcp mode with tls: the backend gets the plaintext; no ALPN is offered by default."""
+    from tests.helpers import Backend, whoami_handler
+
+    a = pki.issue("a", "a.test")
+    backend = Backend(whoami_handler)
+    port = free_port()
+    cfg = https_config(port, HttpBackend(), [a])
+    cfg["listeners"][0]["mode"] = "tcp"
+    cfg["backends"]["app"]["servers"] = [backend.address]
+    ctx = pki.client()
+    ctx.set_alpn_protocols(["http/1.1"])
+    with edgeproxy(cfg), tls_connect(port, ctx, "a.test", source="127.0.0.31") as s:
+        assert s.selected_alpn_protocol() is None
+        s.sendall(b"ping")
+        got = b""
+        while b"ping" not in got:
+            chunk = s.recv(100)
+            assert chunk
+            got += chunk
+        assert got.startswith(b"peer=127.0.0.1:")  # the backend's peer is the proxy; the bytes are plaintext
