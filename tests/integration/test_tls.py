@@ -19,6 +19,7 @@ import trustme
 
 from tests.helpers import (
     NO_CHECKS,
+    Backend,
     HttpBackend,
     connect,
     edgeproxy,
@@ -26,8 +27,9 @@ from tests.helpers import (
     metric,
     read_http_response,
     scrape,
-    test_dir as make_dir,
+    whoami_handler,
 )
+from tests.helpers import test_dir as make_dir
 
 
 class Pki:
@@ -60,9 +62,17 @@ def pki() -> Pki:
 
 
 def https_config(
-    port: int, backend: HttpBackend, certificates: list[dict[str, str]], *, workers: int = 1, **tls: Any
+    port: int,
+    backend: HttpBackend,
+    certificates: list[dict[str, str]],
+    *,
+    workers: int = 1,
+    admin: int | None = None,
+    **tls: Any,
 ) -> dict[str, Any]:
+    """One TLS http listener ``https`` on 127.0.0.1:port to ``backend`` (and the admin endpoint)."""
     return {
+        **({"admin": {"bind": f"127.0.0.1:{admin}"}} if admin else {}),
         "workers": workers,
         "log": {"access": "stderr"},
         "timeouts": {"connect": "1s", "drain": "2s", "http_request": "3s"},
@@ -238,8 +248,7 @@ def test_garbage_plain_http_and_half_open_handshakes_do_not_hurt_a_client(pki: P
     a = pki.issue("a", "a.test")
     backend = HttpBackend()
     port, admin = free_port(), free_port()
-    cfg = https_config(port, backend, [a])
-    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
+    cfg = https_config(port, backend, [a], admin=admin)
     with edgeproxy(cfg) as proxy:
         # 50 half-open handshakes: the first bytes of a ClientHello, then nothing
         half = [connect("127.0.0.1", port, source="127.0.0.20") for _ in range(50)]
@@ -428,8 +437,7 @@ def test_reload_with_a_bad_certificate_keeps_serving_and_metrics_show_expiry(pki
     a = pki.issue("a", "a.test")
     backend = HttpBackend()
     port, admin = free_port(), free_port()
-    cfg = https_config(port, backend, [a])
-    cfg["admin"] = {"bind": f"127.0.0.1:{admin}"}
+    cfg = https_config(port, backend, [a], admin=admin)
     with edgeproxy(cfg) as proxy:
         samples = scrape(admin)
         expiry = samples[("edgeproxy_tls_certificate_expiry_timestamp_seconds", frozenset({("name", "a.test")}))]
@@ -449,8 +457,6 @@ def test_reload_with_a_bad_certificate_keeps_serving_and_metrics_show_expiry(pki
 
 def test_tls_on_a_tcp_listener_terminates_then_relays(pki: Pki) -> None:
     """tcp mode with tls: the backend gets the plaintext; no ALPN is offered by default."""
-    from tests.helpers import Backend, whoami_handler
-
     a = pki.issue("a", "a.test")
     backend = Backend(whoami_handler)
     port = free_port()
