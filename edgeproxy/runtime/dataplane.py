@@ -42,7 +42,7 @@ from edgeproxy.pools import Change, PoolRegistry
 from edgeproxy.runtime.sockets import SocketSet, socket_key
 from edgeproxy.staged import Staged
 from edgeproxy.stats import ListenerStats
-from edgeproxy.tls.contexts import ContextKey, build_contexts
+from edgeproxy.tls.contexts import ChallengeHook, ContextKey, build_contexts
 from edgeproxy.tls.files import NO_CERTIFICATES, CertificateSet
 
 SWEEP_INTERVAL = 1.0
@@ -76,6 +76,10 @@ class DataPlane:
         self.config: Config | None = None
         self.certs = NO_CERTIFICATES  # what the TLS listeners serve
         self.ssl_contexts: dict[ContextKey, ssl.SSLContext] = {}  # in use, reused while unchanged
+        # ACME TLS-ALPN-01 (issue 14): the context answering a validation's ClientHello, asked
+        # before SNI on every TLS listener (tls/contexts.py); kept across reloads. Set it, then
+        # ``use_certificates(self.certs)`` to apply it to the listeners already running.
+        self.challenge: ChallengeHook | None = None
         self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
         self.retired: list[ListenerContext] = []  # removed by a reload, connections still open
@@ -92,7 +96,7 @@ class DataPlane:
     async def prepare(self, new: Config, certs: CertificateSet = NO_CERTIFICATES) -> Staged:
         loop = asyncio.get_running_loop()
         # (ssl.SSLError if OpenSSL refuses what the checks passed: the step fails, nothing changed)
-        tls, made = build_contexts(new, certs, self.ssl_contexts)
+        tls, made = build_contexts(new, certs, self.ssl_contexts, self.challenge)
         old = {lst.name: lst for lst in self.config.listeners} if self.config is not None else {}
         kept: list[Listener] = []
         started: dict[str, tuple[ListenerContext, Serving]] = {}
@@ -149,7 +153,7 @@ class DataPlane:
         one, changing nothing."""
         if self.config is None:
             return
-        tls, made = build_contexts(self.config, certs, self.ssl_contexts)
+        tls, made = build_contexts(self.config, certs, self.ssl_contexts, self.challenge)
         self.certs, self.ssl_contexts = certs, made
         for name, ctx in self.contexts.items():
             ctx.update(ctx.listener, ctx.timeouts, tls.get(name))
