@@ -249,3 +249,34 @@ def test_lock_lease_is_extended_while_held_and_lost_when_taken(swarm: Swarm, key
         assert not await ours(a, "lock")
 
     asyncio.run(scenario())
+
+
+def test_a_cancelled_holder_still_releases_its_lock(swarm: Swarm, key_file: str) -> None:
+    """A shutdown cancels an order's task right after its certificate arrived, and the manager's
+    close sends the cancellation again while the release is on its way: the lock is released all
+    the same (found in CI: the lock stayed until its lease ran out)."""
+    directory = f"https://release.test/{os.urandom(4).hex()}/dir"
+    storage = SwarmStorage(SwarmConfigs([Endpoint.parse(swarm.url)]), directory, Sealer.from_file(key_file), "node-a")
+
+    async def scenario() -> None:
+        inside = asyncio.Event()
+
+        async def hold() -> None:
+            async with storage.lock("cert-x.test", 30) as held:
+                assert held is not None
+                inside.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(hold())
+        await inside.wait()
+        assert len(await ours(storage, "lock")) == 1
+        cancels = 0
+        while not task.done():  # cancelled again and again, as a close does
+            task.cancel()
+            cancels += 1
+            await asyncio.sleep(0)
+        assert task.cancelled()
+        assert cancels > 1  # the release took more than one cancellation's time
+        assert not await ours(storage, "lock")
+
+    asyncio.run(scenario())
