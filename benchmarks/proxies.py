@@ -40,6 +40,7 @@ class Setup:
     send_proxy: bool = False
     workers: int = 1
     max_conns: int = 5000
+    tls_pem: str | None = None  # terminate TLS with this PEM file (certificate then key)
 
 
 class Proxy:
@@ -61,14 +62,15 @@ class Proxy:
 
     def _ready(self, setup: Setup) -> None:
         """Wait until a request passes through, then check that the proxy did the scenario's work."""
-        error = wait_http(self.port, "/small", START_TIMEOUT, self.proc.alive)
+        tls = setup.tls_pem is not None
+        error = wait_http(self.port, "/small", START_TIMEOUT, self.proc.alive, tls=tls)
         if error is not None:
             tail = self.proc.log_tail(10).splitlines()
             alerts = [line for line in tail if "ALERT" in line or '"error"' in line] or tail[-2:]
             self.stop()
             raise Skip(f"{self.name} did not serve ({error}): {_short(' '.join(alerts))}")
         if setup.mode == "http":
-            _, body = http_get(self.port, "/whoami", {"X-Forwarded-For": "203.0.113.66"})
+            _, body = http_get(self.port, "/whoami", {"X-Forwarded-For": "203.0.113.66"}, tls=tls)
             expect = b"xff=127.0.0.1\n"
         elif setup.send_proxy:
             _, body = http_get(self.port, "/whoami")
@@ -129,7 +131,7 @@ def haproxy_config(setup: Setup, port: int) -> str:
         # old worker answers that request with "Connection: close", as edgeproxy's drain does.
         *(["    option idle-close-on-response"] if http else []),
         "frontend bench",
-        f"    bind 127.0.0.1:{port}",
+        f"    bind 127.0.0.1:{port}" + (f" ssl crt {setup.tls_pem} alpn http/1.1" if setup.tls_pem else ""),
         f"    maxconn {setup.max_conns}",
         *(["    option forwardfor", "    http-request del-header X-Forwarded-For"] if http else []),
         "    default_backend nginx",
@@ -191,6 +193,8 @@ def edgeproxy_config(setup: Setup, port: int) -> dict[str, Any]:
     }
     if setup.mode == "http":
         listener["forwarded"] = {"headers": ["x-forwarded-for"]}
+    if setup.tls_pem:
+        listener["tls"] = {"certificates": [setup.tls_pem]}
     return {
         "workers": setup.workers,
         "log": {"level": "info", "access": "off"},

@@ -1,4 +1,4 @@
-"""The seven scenarios of issue 6, and the bar each ratio is held to."""
+"""The scenarios of issue 6 (1-7) and of TLS termination (issue 13: 8-11), and the bar each ratio is held to."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class Scenario:
     workers: int = 1
     reload_every: float | None = None
     idle_count: int = 10_000
+    tls: str | None = None  # terminate HTTPS with this key type's certificate (benchmarks/tls_certs.py)
 
 
 SCENARIOS = [
@@ -58,6 +59,16 @@ SCENARIOS = [
              Target("scaling", 1.8, 1.8, lower_is_better=False), workers=2),
     Scenario("7", "http-reload", "scenario 1 with a reload every second", "http", Target("errors", 0, 0),
              reload_every=1.0),
+    # TLS termination (issue 13): the same certificate in both proxies; wrk does a full handshake
+    # on each new connection (it keeps no session), so 10/11 measure handshakes without resumption.
+    Scenario("8", "https-keepalive-ecdsa", "HTTPS keep-alive + XFF, ECDSA P-256", "http",
+             Target("cpu_ratio", 1.5, 1.0), tls="ecdsa"),
+    Scenario("9", "https-keepalive-rsa", "HTTPS keep-alive + XFF, RSA 2048", "http",
+             Target("cpu_ratio", 1.5, 1.0), tls="rsa"),
+    Scenario("10", "https-handshake-ecdsa", "HTTPS, new TLS connection per request, ECDSA P-256", "http",
+             Target("cpu_ratio", 1.2, 1.0), headers={"Connection": "close"}, tls="ecdsa"),
+    Scenario("11", "https-handshake-rsa", "HTTPS, new TLS connection per request, RSA 2048", "http",
+             Target("cpu_ratio", 1.2, 1.0), headers={"Connection": "close"}, tls="rsa"),
 ]  # fmt: skip
 
 

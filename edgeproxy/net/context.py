@@ -17,6 +17,7 @@ from edgeproxy.pools import BackendPool
 from edgeproxy.proto.forwarded import ForwardingPolicy
 from edgeproxy.proto.routing import RouteTable
 from edgeproxy.stats import ListenerStats
+from edgeproxy.tls.contexts import ListenerContexts
 
 
 class Closable(Protocol):
@@ -31,23 +32,44 @@ class ListenerContext:
         timeouts: Timeouts,
         pools: Mapping[str, BackendPool],
         extra_routes: tuple[Route, ...] = (),
+        tls: ListenerContexts | None = None,
     ) -> None:
         self.loop = loop
         self.pools = pools
         self.connections: set[Closable] = set()
         self.stats = ListenerStats()
         self.on_count: Callable[[int], None] | None = None  # set by the accept gate
+        # ACME HTTP-01 (acme/answers.py ``http01_response`` bound to the challenge board): the
+        # body answering ``GET path``, or None. Set on plain http listeners where ACME is wired;
+        # asked before redirect_https and routing (SPEC.md).
+        self._http01: Callable[[str], bytes | None] | None = None
         self._extra_routes = extra_routes
-        self.update(listener, timeouts)
+        self.update(listener, timeouts, tls)
 
-    def update(self, listener: Listener, timeouts: Timeouts) -> None:
+    def update(self, listener: Listener, timeouts: Timeouts, tls: ListenerContexts | None = None) -> None:
+        """New settings for new connections. ``tls``: the listener's SSL contexts (None: plain);
+        connections already open keep the ones they handshook with."""
         self.listener = listener
         self.timeouts = timeouts
+        self.tls = tls
+        ltls = listener.tls
+        # http: Strict-Transport-Security added to responses (RFC 6797: only over TLS)
+        self.hsts = b"Strict-Transport-Security: max-age=%d\r\n" % ltls.hsts if ltls and ltls.hsts and tls else b""
         # Client and server inactivity end the same relay, so one timer with the smaller limit.
         self.idle_timeout = min(timeouts.client_idle_for(listener.mode), timeouts.server_idle)
         self.trusted_proxies = listener.accept_proxy.trusted if listener.accept_proxy else ()
-        self.forwarding = ForwardingPolicy(listener.forwarded)
+        self.forwarding = ForwardingPolicy(listener.forwarded, https=tls is not None)
+        self.answers_locally = listener.redirect_https is not None or self._http01 is not None
         self._build_routes()
+
+    @property
+    def http01(self) -> Callable[[str], bytes | None] | None:
+        return self._http01
+
+    @http01.setter
+    def http01(self, answer: Callable[[str], bytes | None] | None) -> None:
+        self._http01 = answer
+        self.answers_locally = self.listener.redirect_https is not None or answer is not None
 
     @property
     def extra_routes(self) -> tuple[Route, ...]:
@@ -87,6 +109,12 @@ class ListenerContext:
         self.stats.connections_total += 1
         if self.on_count is not None:
             self.on_count(len(self.connections))
+
+    def handed_over(self, conn: Closable) -> None:
+        """A TLS layer (net/tls.py) hands its connection to the app protocol, which counts
+        itself with ``opened``: the layer leaves the set, uncounted, without ending anything."""
+        self.connections.discard(conn)
+        self.stats.connections_total -= 1
 
     def closed(self, conn: Closable, reason: str, bytes_in: int = 0, bytes_out: int = 0) -> None:
         self.connections.discard(conn)

@@ -130,7 +130,7 @@ class TcpConnection(asyncio.Protocol):
         local = t.get_extra_info("sockname")
         self.client = (peer[0], peer[1])
         self.dest = (local[0], local[1])
-        if ctx.must_send_proxy_header(peer[0]):
+        if ctx.tls is None and ctx.must_send_proxy_header(peer[0]):  # (with tls: read by net/tls.py)
             self.header_reader = ClientAddressReader(ctx, self)
         self.idle_handle = self.loop.call_at(self._deadline(), self._check_idle)
         if self.header_reader is not None:

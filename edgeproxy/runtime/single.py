@@ -11,6 +11,7 @@ from edgeproxy.runtime.dataplane import DataPlane
 from edgeproxy.runtime.role import ControlRole, MakeControl
 from edgeproxy.runtime.sockets import SocketSet
 from edgeproxy.staged import Staged
+from edgeproxy.tls.files import CertificateSet
 
 
 class SingleProcess(ControlRole):
@@ -25,8 +26,11 @@ class SingleProcess(ControlRole):
         self.dataplane = dataplane
         super().__init__(config, registry, sockets, make_control)
 
-    async def _prepare_serving(self, new: Config, raw: bytes) -> Staged:
-        return await self.dataplane.prepare(new)
+    async def _prepare_serving(self, new: Config, raw: bytes, certs: CertificateSet) -> Staged:
+        return await self.dataplane.prepare(new, certs)
+
+    async def _use_certificates(self, certs: CertificateSet) -> None:
+        self.dataplane.use_certificates(certs)
 
     async def _settle(self) -> None:
         await self.dataplane.settled()
