@@ -15,6 +15,11 @@ as PEM: a worker may not be allowed to open the key files); ``prepare`` builds t
 (tls/contexts.py, reusing unchanged ones, so their session caches and ticket keys survive) and the
 commit hands them to the listener contexts: new handshakes use them, open connections keep theirs.
 ``use_certificates`` does the same between reloads (ACME, issue 14).
+
+ACME (issue 14): where the config has ``acme:``, every plain http listener answers HTTP-01 from the
+challenge board before redirecting or routing, and every TLS listener asks it for a TLS-ALPN-01
+validation before choosing its own certificate (acme/answers.py). The board is the control plane's,
+handed over whole (``use_challenges``): the data plane never sees the account key.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import socket
 import ssl
 import time
 from collections.abc import Coroutine, Mapping
+from functools import partial
 from typing import Any, Protocol
 
+from edgeproxy.acme.answers import ChallengeContexts, http01_response
+from edgeproxy.acme.board import ChallengeBoard
 from edgeproxy.admin.metrics import data_plane_families
 from edgeproxy.config import Config, Listener
 from edgeproxy.log import log
@@ -42,7 +50,7 @@ from edgeproxy.pools import Change, PoolRegistry
 from edgeproxy.runtime.sockets import SocketSet, socket_key
 from edgeproxy.staged import Staged
 from edgeproxy.stats import ListenerStats
-from edgeproxy.tls.contexts import ContextKey, build_contexts
+from edgeproxy.tls.contexts import ContextKey, ListenerContexts, build_contexts
 from edgeproxy.tls.files import NO_CERTIFICATES, CertificateSet
 
 SWEEP_INTERVAL = 1.0
@@ -77,6 +85,8 @@ class DataPlane:
         self.certs = NO_CERTIFICATES  # what the TLS listeners serve
         self.ssl_contexts: dict[ContextKey, ssl.SSLContext] = {}  # in use, reused while unchanged
         self.contexts: dict[str, ListenerContext] = {}
+        self.challenges = ChallengeBoard()  # ACME answers, the control plane's (use_challenges)
+        self._alpn_challenges = ChallengeContexts(self.challenges)
         self.servings: dict[str, Serving] = {}
         self.retired: list[ListenerContext] = []  # removed by a reload, connections still open
         self.draining = False
@@ -93,6 +103,7 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         # (ssl.SSLError if OpenSSL refuses what the checks passed: the step fails, nothing changed)
         tls, made = build_contexts(new, certs, self.ssl_contexts)
+        self._answer_tls_alpn(new, tls)
         old = {lst.name: lst for lst in self.config.listeners} if self.config is not None else {}
         kept: list[Listener] = []
         started: dict[str, tuple[ListenerContext, Serving]] = {}
@@ -109,6 +120,7 @@ class DataPlane:
                     continue
                 routes = self.registry.routes.get(listener.name, ())
                 ctx = ListenerContext(loop, listener, new.timeouts, self.registry.pools, routes, tls.get(listener.name))
+                self._answer_http01(new, ctx)
                 stats = self._stats_of(listener.name)
                 if stats is not None:
                     ctx.stats = stats  # a listener re-created under its name keeps counting (no counter reset)
@@ -130,6 +142,7 @@ class DataPlane:
                 self._retire(name, new.timeouts.drain)
             for listener in kept:
                 self.contexts[listener.name].update(listener, new.timeouts, tls.get(listener.name))
+                self._answer_http01(new, self.contexts[listener.name])
             for name, (ctx, serving) in started.items():
                 self.contexts[name] = ctx
                 self.servings[name] = serving
@@ -150,9 +163,24 @@ class DataPlane:
         if self.config is None:
             return
         tls, made = build_contexts(self.config, certs, self.ssl_contexts)
+        self._answer_tls_alpn(self.config, tls)
         self.certs, self.ssl_contexts = certs, made
         for name, ctx in self.contexts.items():
             ctx.update(ctx.listener, ctx.timeouts, tls.get(name))
+
+    def use_challenges(self, board: Mapping[str, Any]) -> None:
+        """The ACME challenges to answer from now on (``ChallengeBoard.to_wire``); ``ValueError``
+        for a malformed one, nothing changed."""
+        self.challenges.apply_wire(board)
+
+    def _answer_tls_alpn(self, config: Config, tls: Mapping[str, ListenerContexts]) -> None:
+        hook = self._alpn_challenges.for_hello if config.acme is not None else None
+        for contexts in tls.values():
+            contexts.challenge = hook
+
+    def _answer_http01(self, config: Config, ctx: ListenerContext) -> None:
+        plain_http = ctx.listener.mode == "http" and ctx.listener.tls is None
+        ctx.http01 = partial(http01_response, self.challenges) if config.acme is not None and plain_http else None
 
     def _stats_of(self, name: str) -> ListenerStats | None:
         ctx = self.contexts.get(name) or next((c for c in self.retired if c.listener.name == name), None)

@@ -1,0 +1,212 @@
+"""ACME wired into the running proxy (issue 14, phase 2): a real pebble and a real ``edgeproxy run``.
+
+pebble validates HTTP-01 on its ``httpPort`` and TLS-ALPN-01 on its ``tlsPort`` at 127.0.0.1 (its
+DNS answers every name with it): the proxy's plain listener binds the first, its TLS listener the
+second, and the challenges are answered by the proxy itself, in the single process and in
+workers. Clients are Python ``ssl`` sockets trusting pebble's issuing root (new at each start).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import NO_CHECKS, EdgeProxy, HttpBackend, connect, edgeproxy, read_http_response
+from tests.pebble import Pebble, running_pebble
+
+pytestmark = pytest.mark.timeout(180)
+NAME = "shop.test"
+
+
+@pytest.fixture
+def pebble(tmp_path: Path) -> Iterator[Pebble]:
+    with running_pebble(tmp_path / "pebble") as peb:
+        yield peb
+
+
+@pytest.fixture
+def backend() -> Iterator[HttpBackend]:
+    b = HttpBackend()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def proxy_config(
+    peb: Pebble,
+    backend: HttpBackend,
+    storage: Path,
+    *,
+    workers: int = 1,
+    plain: bool = True,
+    tls_port: int | None = None,
+    **acme: Any,
+) -> dict[str, Any]:
+    listeners: list[dict[str, Any]] = [
+        {
+            "name": "https",
+            "bind": f"127.0.0.1:{tls_port or peb.tlsalpn01_port}",
+            "mode": "http",
+            "backend": "app",
+            "tls": {"acme": [NAME]},
+        }
+    ]
+    if plain:  # HTTP-01: answered before redirect_https (the rest is redirected)
+        listeners.append(
+            {
+                "name": "http",
+                "bind": f"127.0.0.1:{peb.http01_port}",
+                "mode": "http",
+                "backend": "app",
+                "redirect_https": True,
+            }
+        )
+    return {
+        "workers": workers,
+        "log": {"access": "stderr"},
+        "timeouts": {"connect": "1s", "drain": "2s", "http_request": "5s"},
+        "listeners": listeners,
+        "backends": {"app": {"health": NO_CHECKS, "servers": [backend.address]}},
+        "acme": {"directory": peb.directory, "ca": peb.ca, "email": "ops@example.com", "storage": str(storage), **acme},
+    }
+
+
+def client_context(peb: Pebble) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=peb.root_pem().decode())
+
+
+def tls_get(sock: ssl.SSLSocket, path: str = "/") -> tuple[int, bytes]:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode())
+    with sock.makefile("rb") as f:
+        status, _, body, _ = read_http_response(f)
+    return status, body
+
+
+def open_tls(peb: Pebble, port: int) -> ssl.SSLSocket:
+    return client_context(peb).wrap_socket(connect("127.0.0.1", port), server_hostname=NAME)
+
+
+def serial(sock: ssl.SSLSocket) -> str:
+    cert = sock.getpeercert()
+    assert cert is not None
+    return str(cert["serialNumber"])
+
+
+def first_certificate(peb: Pebble, port: int, started: float, timeout: float = 60.0) -> tuple[float, str]:
+    """Seconds from ``started`` until a verified handshake for NAME succeeds, and the serial."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with open_tls(peb, port) as s:
+                status, body = tls_get(s)
+                assert status == 200, body
+                assert json.loads(body)["proto"] == ["https"]
+                return time.monotonic() - started, serial(s)
+        except (ssl.SSLError, OSError) as e:
+            last = e
+            time.sleep(0.1)
+    raise AssertionError(f"no certificate for {NAME} within {timeout}s: {last!r}")
+
+
+def access_ends(proxy: EdgeProxy, listener: str) -> list[str]:
+    return [str(r.get("end")) for r in proxy.log_lines() if r.get("listener") == listener and "status" in r]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_http01_through_the_running_proxy(pebble: Pebble, backend: HttpBackend, tmp_path: Path, workers: int) -> None:
+    """Empty storage: the proxy orders, answers pebble's HTTP-01 on its plain listener (before
+    redirect_https), then serves the issued certificate on its TLS listener, no restart."""
+    started = time.monotonic()
+    with edgeproxy(proxy_config(pebble, backend, tmp_path / "acme", workers=workers)) as proxy:
+        seconds, _ = first_certificate(pebble, pebble.tlsalpn01_port, started)
+        print(f"\nHTTP-01, workers {workers}: first certificate served {seconds:.2f} s after the start")
+        # the rest of the plain listener is still redirected
+        with connect("127.0.0.1", pebble.http01_port) as s:
+            s.sendall(f"GET /x HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n".encode())
+            with s.makefile("rb") as f:
+                status, headers, _, _ = read_http_response(f)
+        assert status == 308 and headers["location"].startswith(f"https://{NAME}")
+        # an unknown token is not answered from the board: it goes on (here: to the redirect)
+        with connect("127.0.0.1", pebble.http01_port) as s:
+            s.sendall(b"GET /.well-known/acme-challenge/nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            with s.makefile("rb") as f:
+                assert read_http_response(f)[0] == 308
+    assert pebble.count("POST /order-plz") == 1
+    ends = access_ends(proxy, "http")
+    assert ends.count("acme_http01") >= 1, ends  # pebble's validation, answered by the proxy
+    assert not [r for r in proxy.log_lines() if r.get("level") == "error"]
+
+
+def test_tls_alpn01_through_the_running_proxy(pebble: Pebble, backend: HttpBackend, tmp_path: Path) -> None:
+    """No plain listener: the only challenge the proxy can answer is TLS-ALPN-01, on its TLS
+    listener (acme-tls/1, before its own certificates); then that listener serves the result."""
+    started = time.monotonic()
+    with edgeproxy(proxy_config(pebble, backend, tmp_path / "acme", workers=2, plain=False)) as proxy:
+        seconds, _ = first_certificate(pebble, pebble.tlsalpn01_port, started)
+        print(f"\nTLS-ALPN-01, workers 2: first certificate served {seconds:.2f} s after the start")
+    assert pebble.count("POST /order-plz") == 1
+    assert pebble.count("tls-alpn-01") >= 1
+    assert not [r for r in proxy.log_lines() if r.get("level") == "error"]
+
+
+def test_restart_reuses_the_stored_certificate(pebble: Pebble, backend: HttpBackend, tmp_path: Path) -> None:
+    config = proxy_config(pebble, backend, tmp_path / "acme")
+    with edgeproxy(config):
+        _, first = first_certificate(pebble, pebble.tlsalpn01_port, time.monotonic())
+    started = time.monotonic()
+    with edgeproxy(config):
+        seconds, again = first_certificate(pebble, pebble.tlsalpn01_port, started)
+    assert again == first
+    assert pebble.count("POST /order-plz") == 1  # nothing ordered at the restart
+    print(f"\nrestart: the stored certificate served {seconds:.2f} s after the start")
+
+
+def test_renewal_swaps_the_certificate_without_a_failed_request(tmp_path: Path, backend: HttpBackend) -> None:
+    """pebble issuing 12-second certificates: renewed about 4 s before the end, again and again.
+    An open keep-alive connection sends requests all along (none fails), new connections get the
+    new certificate, with two workers."""
+    with running_pebble(tmp_path / "pebble", validity=12) as peb:
+        with edgeproxy(proxy_config(peb, backend, tmp_path / "acme", workers=2)):
+            _, first = first_certificate(peb, peb.tlsalpn01_port, time.monotonic())
+            failures: list[str] = []
+            done = threading.Event()
+            sent = [0]
+
+            def keep_alive() -> None:
+                try:
+                    with open_tls(peb, peb.tlsalpn01_port) as s:
+                        while not done.is_set():
+                            status, _ = tls_get(s, f"/{sent[0]}")
+                            sent[0] += 1
+                            if status != 200:
+                                failures.append(str(status))
+                            time.sleep(0.02)
+                except (OSError, ValueError) as e:
+                    failures.append(repr(e))
+
+            t = threading.Thread(target=keep_alive)
+            t.start()
+            try:
+                deadline = time.monotonic() + 40
+                seen = {first}
+                while len(seen) < 3 and time.monotonic() < deadline:
+                    with open_tls(peb, peb.tlsalpn01_port) as s:
+                        seen.add(serial(s))
+                        assert tls_get(s)[0] == 200
+                    time.sleep(0.2)
+            finally:
+                done.set()
+                t.join(10)
+            assert len(seen) >= 3, f"not renewed twice: {seen}"
+            assert not failures, failures
+            assert sent[0] > 50
+        assert peb.count("POST /order-plz") >= 3
