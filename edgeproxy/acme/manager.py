@@ -299,6 +299,11 @@ class AcmeManager:
             account = await self._get_account(stale=account)  # the CA forgot it: register the key again
             pending = await asyncio.to_thread(self.client.order, account, m.names, key, prefer)
         await self._publish(pending.challenges)
+        log.info(
+            "acme: asking the CA to validate",
+            certificate=m.id,
+            challenges=",".join(sorted({c.type for c in pending.challenges})) or "none (authorized already)",
+        )
         try:
             if self.storage.shared and pending.challenges and self.settings.publish_wait:
                 await asyncio.sleep(self.settings.publish_wait)
