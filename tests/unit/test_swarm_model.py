@@ -140,6 +140,13 @@ def test_labels_make_backend_and_route_on_first_http_listener() -> None:
     assert (lb.listener, lb.route, lb.backend.send_proxy, lb.backend.health.path) == ("raw", None, "v2", "/hz")
 
 
+def test_tls_label_asks_an_acme_certificate_for_the_host() -> None:
+    lb = label_backend(labelled(enable="true", host="Shop.Example.com.", tls="true"), LISTENERS)
+    assert lb.acme_host == "shop.example.com"
+    assert label_backend(labelled(enable="true", host="a.test", tls="false"), LISTENERS).acme_host is None
+    assert label_backend(labelled(enable="true", host="a.test"), LISTENERS).acme_host is None
+
+
 @pytest.mark.parametrize(
     ("labels", "error"),
     [
@@ -149,6 +156,10 @@ def test_labels_make_backend_and_route_on_first_http_listener() -> None:
         ({"listener": "nope"}, "no such listener"),
         ({"colour": "blue"}, "unknown label"),
         ({"path_prefix": "v1"}, "must start with /"),
+        ({"tls": "true"}, "needs edgeproxy.host"),
+        ({"tls": "maybe", "host": "a.test"}, "expected true or false"),
+        ({"tls": "true", "host": "../../etc"}, "not a DNS name"),  # a file name in the ACME storage
+        ({"tls": "true", "host": "10.0.0.1"}, "IP address"),
     ],
 )
 def test_bad_labels_are_reported(labels: dict[str, str], error: str) -> None:
