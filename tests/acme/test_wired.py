@@ -9,6 +9,7 @@ workers. Clients are Python ``ssl`` sockets trusting pebble's issuing root (new 
 from __future__ import annotations
 
 import json
+import signal
 import ssl
 import threading
 import time
@@ -18,7 +19,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import NO_CHECKS, EdgeProxy, HttpBackend, connect, edgeproxy, read_http_response
+from tests.helpers import (
+    NO_CHECKS,
+    EdgeProxy,
+    HttpBackend,
+    connect,
+    edgeproxy,
+    free_port,
+    metric,
+    read_http_response,
+    scrape,
+)
 from tests.pebble import Pebble, running_pebble
 
 pytestmark = pytest.mark.timeout(180)
@@ -83,15 +94,15 @@ def client_context(peb: Pebble) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=peb.root_pem().decode())
 
 
-def tls_get(sock: ssl.SSLSocket, path: str = "/") -> tuple[int, bytes]:
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode())
+def tls_get(sock: ssl.SSLSocket, path: str = "/", host: str = NAME) -> tuple[int, bytes]:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     with sock.makefile("rb") as f:
         status, _, body, _ = read_http_response(f)
     return status, body
 
 
-def open_tls(peb: Pebble, port: int) -> ssl.SSLSocket:
-    return client_context(peb).wrap_socket(connect("127.0.0.1", port), server_hostname=NAME)
+def open_tls(peb: Pebble, port: int, name: str = NAME) -> ssl.SSLSocket:
+    return client_context(peb).wrap_socket(connect("127.0.0.1", port), server_hostname=name)
 
 
 def serial(sock: ssl.SSLSocket) -> str:
@@ -100,21 +111,23 @@ def serial(sock: ssl.SSLSocket) -> str:
     return str(cert["serialNumber"])
 
 
-def first_certificate(peb: Pebble, port: int, started: float, timeout: float = 60.0) -> tuple[float, str]:
-    """Seconds from ``started`` until a verified handshake for NAME succeeds, and the serial."""
+def first_certificate(
+    peb: Pebble, port: int, started: float, timeout: float = 60.0, name: str = NAME
+) -> tuple[float, str]:
+    """Seconds from ``started`` until a verified handshake for ``name`` succeeds, and the serial."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with open_tls(peb, port) as s:
-                status, body = tls_get(s)
+            with open_tls(peb, port, name) as s:
+                status, body = tls_get(s, host=name)
                 assert status == 200, body
                 assert json.loads(body)["proto"] == ["https"]
                 return time.monotonic() - started, serial(s)
         except (ssl.SSLError, OSError) as e:
             last = e
             time.sleep(0.1)
-    raise AssertionError(f"no certificate for {NAME} within {timeout}s: {last!r}")
+    raise AssertionError(f"no certificate for {name} within {timeout}s: {last!r}")
 
 
 def access_ends(proxy: EdgeProxy, listener: str) -> list[str]:
@@ -215,3 +228,32 @@ def test_renewal_swaps_the_certificate_without_a_failed_request(tmp_path: Path, 
             assert not failures, failures
             assert sent[0] > 50
         assert peb.count("POST /order-plz") >= 3
+
+
+def test_sighup_adding_a_name_gets_it_a_certificate_and_keeps_the_others(
+    pebble: Pebble, backend: HttpBackend, tmp_path: Path
+) -> None:
+    """A reload re-reads the certificate files and serves the ACME certificates with them (no gap
+    for the name already held); a name added gets its own order. /metrics: orders by result and
+    the certificates' expiry in the TLS family."""
+    admin = free_port()
+    config = proxy_config(pebble, backend, tmp_path / "acme", workers=2)
+    config["admin"] = {"bind": f"127.0.0.1:{admin}"}
+    with edgeproxy(config) as proxy:
+        _, first = first_certificate(pebble, pebble.tlsalpn01_port, time.monotonic())
+        config["listeners"][0]["tls"]["acme"] = [NAME, "new.test"]
+        proxy.write_config(config)
+        proxy.send(signal.SIGHUP)
+        proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded", timeout=30)
+        with open_tls(pebble, pebble.tlsalpn01_port) as s:
+            assert serial(s) == first  # served across the reload, not ordered again
+        seconds, _ = first_certificate(pebble, pebble.tlsalpn01_port, time.monotonic(), name="new.test")
+        print(f"\nSIGHUP: the added name served {seconds:.2f} s after the reload")
+        samples = scrape(admin)
+        assert metric(samples, "edgeproxy_acme_orders_total", certificate=NAME, result="success") == 1
+        assert metric(samples, "edgeproxy_acme_orders_total", certificate="new.test", result="success") == 1
+        assert metric(samples, "edgeproxy_acme_orders_total", result="failure") == 0
+        expiry = "edgeproxy_tls_certificate_expiry_timestamp_seconds"
+        for name in (NAME, "new.test"):
+            assert samples[(expiry, frozenset({("name", name)}))] > time.time() + 86400
+    assert pebble.count("POST /order-plz") == 2
