@@ -60,6 +60,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         "drained",
         "eof_pending",
         "eof_sent",
+        "fin_pending",
         "header_reader",
         "hello",
         "incoming",
@@ -99,6 +100,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self.drained = True  # no complete record left unread in the incoming BIO
         self.eof_pending = False  # write_eof asked while records were unread (see write_eof)
         self.eof_sent = False
+        self.fin_pending = False  # a FIN read while records before it were still unread
         self.peer_eof = False
         self.closing = False
         self.timer: asyncio.TimerHandle | None = None
@@ -269,6 +271,10 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         if self.eof_pending and self.drained:
             self.eof_pending = False
             self._send_close_notify()
+        if self.fin_pending and self.drained and not self.closing:
+            self.fin_pending = False
+            if not app.eof_received():
+                self.close()
 
     def _peer_closed(self) -> None:
         """The client sent close_notify: it will send nothing more."""
@@ -293,7 +299,11 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             if self.peer_eof:
                 return True  # its close_notify was the EOF; the app has been told
             # A FIN without close_notify (a truncation, or a client that does not bother): the
-            # app decides, as with a plain EOF; any complete record before it was delivered.
+            # app decides, as with a plain EOF, once it has read every record before it (it may
+            # have paused with records left, and a resume lets the FIN in before they are read).
+            if not self.drained:
+                self.fin_pending = True
+                return True
             return cast(asyncio.Protocol, self.app).eof_received()
         if state in (PROXY, HELLO, HANDSHAKE):
             if self.header_reader is not None or self.bytes_in == 0:

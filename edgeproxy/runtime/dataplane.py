@@ -17,8 +17,8 @@ commit hands them to the listener contexts: new handshakes use them, open connec
 ``use_certificates`` does the same between reloads (ACME, issue 14).
 
 ACME (issue 14): where the config has ``acme:``, every plain http listener answers HTTP-01 from the
-challenge board before redirecting or routing, and every TLS listener asks it for a TLS-ALPN-01
-validation before choosing its own certificate (acme/answers.py). The board is the control plane's,
+challenge board before redirecting or routing; every TLS listener asks the board for a TLS-ALPN-01
+validation before choosing its own certificate (acme/answers.py; the board is empty without ``acme:``). The board is the control plane's,
 handed over whole (``use_challenges``): the data plane never sees the account key.
 """
 
@@ -50,7 +50,7 @@ from edgeproxy.pools import Change, PoolRegistry
 from edgeproxy.runtime.sockets import SocketSet, socket_key
 from edgeproxy.staged import Staged
 from edgeproxy.stats import ListenerStats
-from edgeproxy.tls.contexts import ContextKey, ListenerContexts, build_contexts
+from edgeproxy.tls.contexts import ChallengeHook, ContextKey, build_contexts
 from edgeproxy.tls.files import NO_CERTIFICATES, CertificateSet
 
 SWEEP_INTERVAL = 1.0
@@ -84,9 +84,14 @@ class DataPlane:
         self.config: Config | None = None
         self.certs = NO_CERTIFICATES  # what the TLS listeners serve
         self.ssl_contexts: dict[ContextKey, ssl.SSLContext] = {}  # in use, reused while unchanged
-        self.contexts: dict[str, ListenerContext] = {}
+        # ACME TLS-ALPN-01 (issue 14): the context answering a validation's ClientHello, asked
+        # before SNI on every TLS listener (tls/contexts.py); kept across reloads. Set it, then
+        # ``use_certificates(self.certs)`` to apply it to the listeners already running.
+        # (Asked on every TLS listener: a hello that does not offer acme-tls/1 for a name on the
+        # board costs two comparisons; with no acme: section the board stays empty.)
         self.challenges = ChallengeBoard()  # ACME answers, the control plane's (use_challenges)
-        self._alpn_challenges = ChallengeContexts(self.challenges)
+        self.challenge: ChallengeHook | None = ChallengeContexts(self.challenges).for_hello
+        self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
         self.retired: list[ListenerContext] = []  # removed by a reload, connections still open
         self.draining = False
@@ -102,8 +107,7 @@ class DataPlane:
     async def prepare(self, new: Config, certs: CertificateSet = NO_CERTIFICATES) -> Staged:
         loop = asyncio.get_running_loop()
         # (ssl.SSLError if OpenSSL refuses what the checks passed: the step fails, nothing changed)
-        tls, made = build_contexts(new, certs, self.ssl_contexts)
-        self._answer_tls_alpn(new, tls)
+        tls, made = build_contexts(new, certs, self.ssl_contexts, self.challenge)
         old = {lst.name: lst for lst in self.config.listeners} if self.config is not None else {}
         kept: list[Listener] = []
         started: dict[str, tuple[ListenerContext, Serving]] = {}
@@ -162,8 +166,7 @@ class DataPlane:
         one, changing nothing."""
         if self.config is None:
             return
-        tls, made = build_contexts(self.config, certs, self.ssl_contexts)
-        self._answer_tls_alpn(self.config, tls)
+        tls, made = build_contexts(self.config, certs, self.ssl_contexts, self.challenge)
         self.certs, self.ssl_contexts = certs, made
         for name, ctx in self.contexts.items():
             ctx.update(ctx.listener, ctx.timeouts, tls.get(name))
@@ -172,11 +175,6 @@ class DataPlane:
         """The ACME challenges to answer from now on (``ChallengeBoard.to_wire``); ``ValueError``
         for a malformed one, nothing changed."""
         self.challenges.apply_wire(board)
-
-    def _answer_tls_alpn(self, config: Config, tls: Mapping[str, ListenerContexts]) -> None:
-        hook = self._alpn_challenges.for_hello if config.acme is not None else None
-        for contexts in tls.values():
-            contexts.challenge = hook
 
     def _answer_http01(self, config: Config, ctx: ListenerContext) -> None:
         plain_http = ctx.listener.mode == "http" and ctx.listener.tls is None

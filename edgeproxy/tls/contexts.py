@@ -34,13 +34,15 @@ class ListenerContexts:
 
     __slots__ = ("by_name", "challenge", "default", "names")
 
-    def __init__(self, contexts: Sequence[tuple[Certificate, ssl.SSLContext]]) -> None:
+    def __init__(
+        self, contexts: Sequence[tuple[Certificate, ssl.SSLContext]], challenge: ChallengeHook | None = None
+    ) -> None:
         self.by_name: NameTable[ssl.SSLContext] = NameTable((cert.names, ctx) for cert, ctx in contexts)
         self.default = contexts[0][1] if contexts else None
         self.names = tuple(cert.name for cert, _ in contexts)  # for logs and /status
         # ACME TLS-ALPN-01 (acme/answers.py ``ChallengeContexts.for_hello``): asked first; None
         # for every hello that is not a validation of a name on the challenge board.
-        self.challenge: ChallengeHook | None = None
+        self.challenge = challenge
 
     def for_hello(self, hello: ClientHello) -> ssl.SSLContext | None:
         """The context to handshake with; None when the listener has no certificate at all yet
@@ -60,9 +62,13 @@ def context_key(cert: Certificate, tls: ListenerTLS) -> ContextKey:
 
 
 def build_contexts(
-    config: Config, certs: CertificateSet, previous: Mapping[ContextKey, ssl.SSLContext]
+    config: Config,
+    certs: CertificateSet,
+    previous: Mapping[ContextKey, ssl.SSLContext],
+    challenge: ChallengeHook | None = None,
 ) -> tuple[dict[str, ListenerContexts], dict[ContextKey, ssl.SSLContext]]:
-    """Every TLS listener's contexts, reusing ``previous`` ones where nothing changed; also the
+    """Every TLS listener's contexts (``challenge``: asked first, see ``ListenerContexts``),
+    reusing ``previous`` ones where nothing changed; also the
     contexts now in use (the next ``previous``). Raises ``ssl.SSLError`` (OpenSSL refusing a
     certificate the checks passed) so that the reload step fails."""
     made: dict[ContextKey, ssl.SSLContext] = {}
@@ -79,5 +85,5 @@ def build_contexts(
                 ctx = server_context(cert, min_version=tls.min_version, alpn=tls.alpn)
             made[key] = ctx
             pairs.append((cert, ctx))
-        out[lst.name] = ListenerContexts(pairs)
+        out[lst.name] = ListenerContexts(pairs, challenge)
     return out, made

@@ -474,3 +474,42 @@ def test_tls_on_a_tcp_listener_terminates_then_relays(pki: Pki) -> None:
             assert chunk
             got += chunk
         assert got.startswith(b"peer=127.0.0.1:")  # the backend's peer is the proxy; the bytes are plaintext
+
+
+def test_reload_turns_tls_on_for_a_listener_that_stays(pki: Pki) -> None:
+    """The same listener (name, mode, bind) gains tls by a reload: a keep-alive connection opened
+    before stays plain HTTP and is still served; new connections must speak TLS."""
+    a = pki.issue("a", "a.test")
+    backend = HttpBackend()
+    port = free_port()
+    cfg = https_config(port, backend, [a])
+    tls = cfg["listeners"][0].pop("tls")
+    with edgeproxy(cfg) as proxy, connect("127.0.0.1", port) as before, before.makefile("rb") as f:
+        before.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert json.loads(read_http_response(f)[2])["proto"] == ["http"]
+        cfg["listeners"][0]["tls"] = tls
+        proxy.write_config(cfg)
+        proxy.send(__import__("signal").SIGHUP)
+        proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded", timeout=20)
+        with tls_connect(port, pki.client(), "a.test") as s:
+            assert json.loads(get(s)[2])["proto"] == ["https"]
+        before.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert json.loads(read_http_response(f)[2])["proto"] == ["http"]
+
+
+def test_pipelined_requests_then_a_fin_are_all_answered(pki: Pki) -> None:
+    """Twenty requests in twenty TLS records, then a FIN (no close_notify, as many clients do): the
+    FIN must reach the HTTP code after every record before it, so all are answered."""
+    import os
+
+    a = pki.issue("a", "a.test")
+    backend = HttpBackend()
+    port = free_port()
+    with edgeproxy(https_config(port, backend, [a])), tls_connect(port, pki.client(), "a.test") as s:
+        for i in range(20):
+            s.sendall(f"GET /{i} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        with socket.socket(fileno=os.dup(s.fileno())) as same:
+            same.shutdown(socket.SHUT_WR)  # a FIN under the TLS layer, without close_notify
+        with s.makefile("rb") as f:
+            paths = [json.loads(read_http_response(f)[2])["path"] for _ in range(20)]
+        assert paths == [f"/{i}" for i in range(20)]
