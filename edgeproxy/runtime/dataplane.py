@@ -18,8 +18,9 @@ commit hands them to the listener contexts: new handshakes use them, open connec
 
 ACME (issue 14): where the config has ``acme:``, every plain http listener answers HTTP-01 from the
 challenge board before redirecting or routing; every TLS listener asks the board for a TLS-ALPN-01
-validation before choosing its own certificate (acme/answers.py; the board is empty without ``acme:``). The board is the control plane's,
-handed over whole (``use_challenges``): the data plane never sees the account key.
+validation before choosing its own certificate (acme/answers.py; the board is empty without
+``acme:``). The board is the control plane's, handed over whole (``use_challenges``): the data
+plane never sees the account key.
 """
 
 from __future__ import annotations
