@@ -23,6 +23,7 @@ from tests.helpers import (
     NO_CHECKS,
     EdgeProxy,
     HttpBackend,
+    admin_json,
     connect,
     edgeproxy,
     free_port,
@@ -256,4 +257,9 @@ def test_sighup_adding_a_name_gets_it_a_certificate_and_keeps_the_others(
         expiry = "edgeproxy_tls_certificate_expiry_timestamp_seconds"
         for name in (NAME, "new.test"):
             assert samples[(expiry, frozenset({("name", name)}))] > time.time() + 86400
+        status = admin_json(admin, "/status")["acme"]
+        assert [(c["certificate"], c["failures"], c["last_error"]) for c in status] == [
+            ("new.test", 0, None),
+            (NAME, 0, None),
+        ]
     assert pebble.count("POST /order-plz") == 2
