@@ -124,6 +124,9 @@ class AcmeService:
                 self.manager, self._settings = new, settings
                 if old is not None:
                     self._spawn(old.close())
+                if new is None and self.obtained:
+                    self.obtained.clear()  # no acme: any more: nothing renews them
+                    self._push_certificates()
                 if new is not None:
                     self._starting = self._spawn(new.start())
             if new is not None:
@@ -221,6 +224,8 @@ class AcmeService:
         self._labelled = labelled
         if self.manager is not None:
             self.manager.want(acme_name_sets(self.host.config, labelled))
+        elif labelled:
+            log.warning("edgeproxy.tls=true labels but no acme: section: no certificate", hosts=list(labelled))
         self._push_certificates()  # a name no longer labelled stops being served
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

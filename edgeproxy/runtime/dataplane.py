@@ -17,10 +17,9 @@ commit hands them to the listener contexts: new handshakes use them, open connec
 ``use_certificates`` does the same between reloads (ACME, issue 14).
 
 ACME (issue 14): where the config has ``acme:``, every plain http listener answers HTTP-01 from the
-challenge board before redirecting or routing; every TLS listener asks the board for a TLS-ALPN-01
-validation before choosing its own certificate (acme/answers.py; the board is empty without
-``acme:``). The board is the control plane's, handed over whole (``use_challenges``): the data
-plane never sees the account key.
+challenge board before redirecting or routing, and every TLS listener asks it for a TLS-ALPN-01
+validation before choosing its own certificate (acme/answers.py). The board is the control
+plane's, handed over whole (``use_challenges``): the data plane never sees the account key.
 """
 
 from __future__ import annotations
@@ -88,10 +87,8 @@ class DataPlane:
         # ACME TLS-ALPN-01 (issue 14): the context answering a validation's ClientHello, asked
         # before SNI on every TLS listener (tls/contexts.py); kept across reloads. Set it, then
         # ``use_certificates(self.certs)`` to apply it to the listeners already running.
-        # (Asked on every TLS listener: a hello that does not offer acme-tls/1 for a name on the
-        # board costs two comparisons; with no acme: section the board stays empty.)
         self.challenges = ChallengeBoard()  # ACME answers, the control plane's (use_challenges)
-        self.challenge: ChallengeHook | None = ChallengeContexts(self.challenges).for_hello
+        self._alpn_answers: ChallengeHook = ChallengeContexts(self.challenges).for_hello
         self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
         self.retired: list[ListenerContext] = []  # removed by a reload, connections still open
@@ -108,7 +105,7 @@ class DataPlane:
     async def prepare(self, new: Config, certs: CertificateSet = NO_CERTIFICATES) -> Staged:
         loop = asyncio.get_running_loop()
         # (ssl.SSLError if OpenSSL refuses what the checks passed: the step fails, nothing changed)
-        tls, made = build_contexts(new, certs, self.ssl_contexts, self.challenge)
+        tls, made = build_contexts(new, certs, self.ssl_contexts, self._tls_alpn01(new))
         old = {lst.name: lst for lst in self.config.listeners} if self.config is not None else {}
         kept: list[Listener] = []
         started: dict[str, tuple[ListenerContext, Serving]] = {}
@@ -167,7 +164,7 @@ class DataPlane:
         one, changing nothing."""
         if self.config is None:
             return
-        tls, made = build_contexts(self.config, certs, self.ssl_contexts, self.challenge)
+        tls, made = build_contexts(self.config, certs, self.ssl_contexts, self._tls_alpn01(self.config))
         self.certs, self.ssl_contexts = certs, made
         for name, ctx in self.contexts.items():
             ctx.update(ctx.listener, ctx.timeouts, tls.get(name))
@@ -176,6 +173,11 @@ class DataPlane:
         """The ACME challenges to answer from now on (``ChallengeBoard.to_wire``); ``ValueError``
         for a malformed one, nothing changed."""
         self.challenges.apply_wire(board)
+
+    def _tls_alpn01(self, config: Config) -> ChallengeHook | None:
+        """What a TLS listener asks first about each ClientHello (with ``acme:`` only: otherwise
+        a handshake does not pay for the question)."""
+        return self._alpn_answers if config.acme is not None else None
 
     def _answer_http01(self, config: Config, ctx: ListenerContext) -> None:
         plain_http = ctx.listener.mode == "http" and ctx.listener.tls is None
