@@ -102,8 +102,8 @@ def tls_get(sock: ssl.SSLSocket, path: str = "/", host: str = NAME) -> tuple[int
     return status, body
 
 
-def open_tls(peb: Pebble, port: int, name: str = NAME) -> ssl.SSLSocket:
-    return client_context(peb).wrap_socket(connect("127.0.0.1", port), server_hostname=name)
+def open_tls(peb: Pebble, port: int, name: str = NAME, ip: str = "127.0.0.1") -> ssl.SSLSocket:
+    return client_context(peb).wrap_socket(connect(ip, port), server_hostname=name)
 
 
 def serial(sock: ssl.SSLSocket) -> str:
@@ -113,14 +113,14 @@ def serial(sock: ssl.SSLSocket) -> str:
 
 
 def first_certificate(
-    peb: Pebble, port: int, started: float, timeout: float = 60.0, name: str = NAME
+    peb: Pebble, port: int, started: float, timeout: float = 60.0, name: str = NAME, ip: str = "127.0.0.1"
 ) -> tuple[float, str]:
     """Seconds from ``started`` until a verified handshake for ``name`` succeeds, and the serial."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with open_tls(peb, port, name) as s:
+            with open_tls(peb, port, name, ip) as s:
                 status, body = tls_get(s, host=name)
                 assert status == 200, body
                 assert json.loads(body)["proto"] == ["https"]
