@@ -91,8 +91,14 @@ def proxy_config(
     }
 
 
+_roots: dict[Path, str] = {}
+
+
 def client_context(peb: Pebble) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata=peb.root_pem().decode())
+    """Trusting pebble's issuing root (read once: it is still needed once pebble is stopped)."""
+    if peb.dir not in _roots:
+        _roots[peb.dir] = peb.root_pem().decode()
+    return ssl.create_default_context(cadata=_roots[peb.dir])
 
 
 def tls_get(sock: ssl.SSLSocket, path: str = "/", host: str = NAME) -> tuple[int, bytes]:
@@ -263,3 +269,23 @@ def test_sighup_adding_a_name_gets_it_a_certificate_and_keeps_the_others(
             (NAME, 0, None),
         ]
     assert pebble.count("POST /order-plz") == 2
+
+
+def test_ca_down_keeps_the_certificate_served_and_the_error_visible(tmp_path: Path, backend: HttpBackend) -> None:
+    """pebble stopped after the first certificate (20 s validity): the renewal fails, is counted
+    in /metrics and shown in /status, and the certificate held is still served meanwhile."""
+    admin = free_port()
+    with running_pebble(tmp_path / "pebble", validity=20) as peb:
+        config = proxy_config(peb, backend, tmp_path / "acme")
+        config["admin"] = {"bind": f"127.0.0.1:{admin}"}
+        with edgeproxy(config) as proxy:
+            _, first = first_certificate(peb, peb.tlsalpn01_port, time.monotonic())
+            peb.stop()
+            proxy.wait_log(lambda r: r.get("msg") == "acme: order failed", timeout=30)
+            with open_tls(peb, peb.tlsalpn01_port) as s:
+                assert serial(s) == first and tls_get(s)[0] == 200
+            samples = scrape(admin)
+            assert metric(samples, "edgeproxy_acme_orders_total", certificate=NAME, result="failure") >= 1
+            assert metric(samples, "edgeproxy_acme_consecutive_failures", certificate=NAME) >= 1
+            [status] = admin_json(admin, "/status")["acme"]
+            assert "cannot reach the CA" in status["last_error"]
