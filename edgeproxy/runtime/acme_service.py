@@ -79,7 +79,7 @@ class AcmeService:
         self._settings: tuple[AcmeConfig, tuple[ChallengeType, ...]] | None = None
         self.obtained: dict[str, Certificate] = {}  # cert id -> the certificate held
         self._files: CertificateSet | None = None  # the running config's certificate files
-        self._staged_files: tuple[Config, CertificateSet] | None = None
+        self._staged_files: tuple[Config, CertificateSet, int] | None = None  # with the version placed
         self._version = 0  # moves with every certificate obtained
         self._placed = 0  # the version the data plane serves
         self._pusher: asyncio.Task[None] | None = None
@@ -94,8 +94,7 @@ class AcmeService:
     def with_certificates(self, config: Config, files: CertificateSet) -> CertificateSet:
         """``files`` (the certificate files of ``config``, being prepared) with the ACME
         certificates placed; kept for the commit, when they become the ones pushes build on."""
-        self._staged_files = (config, files)
-        self._placed = self._version
+        self._staged_files = (config, files, self._version)
         return place_certificates(config, files, self.obtained, self._labelled)
 
     # -- Component ----------------------------------------------------------------------------------
@@ -118,15 +117,16 @@ class AcmeService:
         def commit() -> None:
             if staged is not None:
                 self._files = staged[1]
+                self._placed = max(self._placed, staged[2])
             if self._placed != self._version:
-                self._push_certificates()  # obtained while the reload was prepared
+                self._ensure_pusher()  # obtained while the reload was prepared
             if new is not old:
                 self.manager, self._settings = new, settings
                 if old is not None:
                     self._spawn(old.close())
                 if new is None and self.obtained:
                     self.obtained.clear()  # no acme: any more: nothing renews them
-                    self._push_certificates()
+                    self._changed()
                 if new is not None:
                     self._starting = self._spawn(new.start())
             if new is not None:
@@ -183,10 +183,14 @@ class AcmeService:
     # -- certificates -------------------------------------------------------------------------------
     def _obtained(self, cid: str, cert: Certificate) -> None:
         self.obtained[cid] = cert
-        self._push_certificates()
+        self._changed()
 
-    def _push_certificates(self) -> None:
+    def _changed(self) -> None:
+        """What the data plane should serve changed: push it (now, or after the push under way)."""
         self._version += 1
+        self._ensure_pusher()
+
+    def _ensure_pusher(self) -> None:
         if self._pusher is None or self._pusher.done():
             self._pusher = self._spawn(self._push_loop())
 
@@ -194,14 +198,16 @@ class AcmeService:
         """Until the data plane serves the latest certificates (one push at a time; certificates
         obtained meanwhile go in the next)."""
         while self._placed != self._version and self._files is not None:
-            version, config = self._version, self.host.config
-            certs = place_certificates(config, self._files, self.obtained, self._labelled)
+            version, config, files = self._version, self.host.config, self._files
+            certs = place_certificates(config, files, self.obtained, self._labelled)
             try:
                 await self.host.use_certificates(certs)
             except ssl.SSLError as e:  # OpenSSL refused what the checks passed: keep the old ones
                 log.error("acme: cannot serve the certificates", error=str(e))
-            if self.host.config is config:
+            if self.host.config is config and self._files is files:
                 self._placed = max(self._placed, version)
+            else:  # a reload committed while the workers took it: push again, on top of the reload
+                self._version += 1
 
     # -- the challenge board ----------------------------------------------------------------------
     async def _push_board(self) -> None:
@@ -226,7 +232,7 @@ class AcmeService:
             self.manager.want(acme_name_sets(self.host.config, labelled))
         elif labelled:
             log.warning("edgeproxy.tls=true labels but no acme: section: no certificate", hosts=list(labelled))
-        self._push_certificates()  # a name no longer labelled stops being served
+        self._changed()  # a name no longer labelled stops being served
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
