@@ -1,4 +1,4 @@
-"""Command line: ``edgeproxy run | check | certs | demo | swarm status``."""
+"""Command line: ``edgeproxy run | check | healthcheck | certs | demo | swarm status``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ def cmd_swarm_status(args: argparse.Namespace) -> int:
     return swarm_status(config, args.json)
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from edgeproxy.healthcheck import main as healthcheck
+
+    return healthcheck(args.config, args.timeout)
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
@@ -98,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file and exit (0 valid, 1 invalid)")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("healthcheck", help="GET the admin /healthz of a running edgeproxy: exit 0 healthy, 1 not")
+    p.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG, help=f"its config file, for admin.bind (default {DEFAULT_CONFIG})"
+    )
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    p.set_defaults(func=cmd_healthcheck)
     p = sub.add_parser("swarm", help="swarm discovery tools")
     swarm_sub = p.add_subparsers(dest="swarm_command", required=True, metavar="SUBCOMMAND")
     p = swarm_sub.add_parser("status", help="managers, quorum, services, tasks and the servers discovery finds")

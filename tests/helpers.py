@@ -231,15 +231,23 @@ def whoami_handler(conn: socket.socket, seen: Seen) -> None:
 class EdgeProxy:
     """``edgeproxy run`` in a subprocess on a generated config."""
 
-    def __init__(self, config: dict[str, Any], *, wait: list[tuple[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        wait: list[tuple[str, int]] | None = None,
+        python: tuple[str, dict[str, str]] | None = None,
+    ) -> None:
+        """``python``: another interpreter and its environment (tests/privsep.py)."""
         self.dir = test_dir("edgeproxy-test-")
         self.config_path = self.dir / "edgeproxy.yaml"
         self.log_path = self.dir / "stderr.log"
         self.write_config(config)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        executable, extra_env = python or (sys.executable, {})
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **extra_env)
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeproxy", "run", "-c", str(self.config_path)],
+            [executable, "-m", "edgeproxy", "run", "-c", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -303,8 +311,12 @@ class EdgeProxy:
 
 
 @contextlib.contextmanager
-def edgeproxy(config: dict[str, Any], wait: list[tuple[str, int]] | None = None) -> Iterator[EdgeProxy]:
-    proxy = EdgeProxy(config, wait=wait)
+def edgeproxy(
+    config: dict[str, Any],
+    wait: list[tuple[str, int]] | None = None,
+    python: tuple[str, dict[str, str]] | None = None,
+) -> Iterator[EdgeProxy]:
+    proxy = EdgeProxy(config, wait=wait, python=python)
     try:
         yield proxy
     finally:

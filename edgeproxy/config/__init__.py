@@ -16,6 +16,7 @@ from edgeproxy.config.model import (
     SwarmRef,
     Timeouts,
 )
+from edgeproxy.config.user import User, parse_user
 from edgeproxy.config.values import Address, parse_address, parse_duration, parse_network
 
 __all__ = [
@@ -35,9 +36,11 @@ __all__ = [
     "SwarmConfig",
     "SwarmRef",
     "Timeouts",
+    "User",
     "load_config",
     "parse_address",
     "parse_config",
     "parse_duration",
     "parse_network",
+    "parse_user",
 ]

@@ -49,6 +49,7 @@ from edgeproxy.config.model import (
     Timeouts,
     TLSFiles,
 )
+from edgeproxy.config.user import parse_user
 from edgeproxy.config.values import (
     MAX_DURATION,
     MAX_PERIOD,
@@ -296,7 +297,7 @@ class _Reader:
 
 
 # ---------------------------------------------------------------------------------------------
-_TOP_KEYS = ("admin", "workers", "log", "timeouts", "listeners", "backends", "swarm", "acme")
+_TOP_KEYS = ("admin", "workers", "user", "log", "timeouts", "listeners", "backends", "swarm", "acme")
 _LISTENER_KEYS = (
     "name",
     "bind",
@@ -869,6 +870,7 @@ def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
     log = r.optional(top, "log", "", b.log, LogConfig())
     admin = r.optional(top, "admin", "", b.admin, None)
     workers = r.optional(top, "workers", "", b.workers, 1)
+    user = r.optional(top, "user", "", lambda n, p: r.convert(n, p, parse_user), None)
     acme = r.optional(top, "acme", "", b.acme, None)
     if acme is not None and acme.in_swarm and "swarm" not in top:
         need = "storage: swarm needs a top-level 'swarm:' section (which managers to ask)"
@@ -896,6 +898,7 @@ def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
         log=log,
         admin=admin,
         workers=workers,
+        user=user,
         swarm=b.swarm,
         acme=acme,
     )

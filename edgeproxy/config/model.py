@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from edgeproxy.config.user import User
 from edgeproxy.config.values import Address, IPNetwork, printable
 
 Mode = Literal["tcp", "http", "udp"]
@@ -205,6 +206,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     admin: AdminConfig | None = None
     workers: int = 1
+    user: User | None = None  # the data plane's, when started as root (runtime/privileges.py)
     swarm: SwarmConfig | None = None
     acme: AcmeConfig | None = None
 
@@ -225,6 +227,8 @@ class Config:
         if self.swarm:
             parts.append(f"swarm: {swarm} backend(s) from services" + (", labels on" if self.swarm.labels else ""))
         parts.append(f"workers: {self.workers}")
+        if self.user is not None:
+            parts.append(f"user: {self.user}")
         # printable(): the path comes from the command line, where a lone surrogate (a file name
         # that is not UTF-8) would make print() raise.
         return printable(f"{self.path}: configuration OK; " + "; ".join(parts))

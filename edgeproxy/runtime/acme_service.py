@@ -13,6 +13,9 @@ never reaches a worker. What it hands over, through the role that owns the data 
 - the challenge board: pushed whole when its version moves, and awaited before the CA is told
   to validate (``AcmeManager.on_board``), so the validation finds every worker answering.
 
+The ACME protocol library (certbot's ``acme``, with ``requests``: some 11 MB) is imported when a
+config first has ``acme:``, not by every process that imports the composition root (workers).
+
 A reload that changes the ``acme:`` section (or which challenge types the listeners can answer)
 starts a new manager and closes the old one; any other reload only changes the names wanted.
 """
@@ -23,11 +26,9 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Coroutine, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgeproxy.acme.board import ChallengeBoard, ChallengeType
-from edgeproxy.acme.build import acme_name_sets, build_manager
-from edgeproxy.acme.manager import AcmeManager
 from edgeproxy.acme.placement import place_certificates
 from edgeproxy.config import Config
 from edgeproxy.config.model import AcmeConfig
@@ -37,6 +38,9 @@ from edgeproxy.pools import Change, PoolRegistry
 from edgeproxy.staged import Staged
 from edgeproxy.tls.certificates import Certificate
 from edgeproxy.tls.files import CertificateSet
+
+if TYPE_CHECKING:
+    from edgeproxy.acme.manager import AcmeManager
 
 START_WAIT = 10.0
 """Seconds ``ready`` waits for the manager to install what the storage holds (a swarm storage
@@ -63,6 +67,13 @@ def challenge_types(config: Config) -> tuple[ChallengeType, ...]:
     if any(lst.tls is not None for lst in config.listeners):
         types.append("tls-alpn-01")
     return tuple(types)
+
+
+def name_sets(config: Config, labelled: Iterable[str]) -> list[list[str]]:
+    """``acme.build.acme_name_sets``, imported when needed (a manager exists then)."""
+    from edgeproxy.acme.build import acme_name_sets
+
+    return acme_name_sets(config, labelled)
 
 
 def labelled_names(registry: PoolRegistry) -> tuple[str, ...]:
@@ -108,11 +119,13 @@ class AcmeService:
         elif settings is None:
             new = None
         else:
+            from edgeproxy.acme.build import build_manager  # (see the module's docstring)
+
             # (can fail: the swarm storage's encryption key unreadable; the reload fails, nothing changed)
             new = build_manager(
                 config, self.board, on_certificate=self._obtained, on_board=self._push_board, prefer=settings[1]
             )
-        names = acme_name_sets(config, self._labelled)
+        names = name_sets(config, self._labelled) if new is not None else []
 
         def commit() -> None:
             if staged is not None:
@@ -229,7 +242,7 @@ class AcmeService:
             return
         self._labelled = labelled
         if self.manager is not None:
-            self.manager.want(acme_name_sets(self.host.config, labelled))
+            self.manager.want(name_sets(self.host.config, labelled))
         elif labelled:
             log.warning("edgeproxy.tls=true labels but no acme: section: no certificate", hosts=list(labelled))
         self._changed()  # a name no longer labelled stops being served

@@ -17,12 +17,13 @@ too, created with the data plane and closed after it.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
 
 from edgeproxy.admin.server import AdminServer
-from edgeproxy.config import Config
+from edgeproxy.config import Config, User
 from edgeproxy.discovery.swarm import SwarmDiscovery
 from edgeproxy.health.checker import HealthChecker
 from edgeproxy.log import log
@@ -32,6 +33,7 @@ from edgeproxy.pools import PoolRegistry
 from edgeproxy.runtime.acme_service import AcmeService
 from edgeproxy.runtime.control import ControlPlane
 from edgeproxy.runtime.dataplane import DataPlane
+from edgeproxy.runtime.privileges import PrivilegeError, check_readable, drop, import_dirs
 from edgeproxy.runtime.process import ProcessLoop
 from edgeproxy.runtime.reload import describe
 from edgeproxy.runtime.role import ControlRole
@@ -51,9 +53,11 @@ def control_plane(registry: PoolRegistry, role: ControlRole) -> ControlPlane:
 
 
 def build(config: Config) -> SingleProcess | Supervisor:
-    """The process that owns the config file: the single process, or the supervisor."""
+    """The process that owns the config file: the single process, or the supervisor. With
+    ``user``, the data plane runs in workers as that user, even one: the process that keeps root
+    (binds, holds the Docker socket and the TLS keys) must not be the one facing clients."""
     registry = PoolRegistry()
-    if config.workers <= 1:
+    if config.workers <= 1 and config.user is None:
         sockets = SocketSet()
         dataplane = DataPlane(registry, sockets, IdlePool(asyncio.get_running_loop()))
         return SingleProcess(config, registry, sockets, dataplane, lambda role: control_plane(registry, role))
@@ -71,6 +75,13 @@ def build_worker(channel_fd: int, wid: int) -> Worker:
 
 def serve(config: Config) -> int:
     """Run until stopped; 0 on a clean stop, 1 if it could not start."""
+    if config.user is not None and os.geteuid() != 0:
+        log.error(
+            "cannot start",
+            error=f"user: {config.user} needs edgeproxy started as root (it runs as uid {os.geteuid()}): "
+            "start it as root, or remove user",
+        )
+        return 1
 
     async def main() -> int:
         try:
@@ -81,6 +92,17 @@ def serve(config: Config) -> int:
         return 0
 
     return _run(main())
+
+
+def become(uid_gid: str) -> None:
+    """A worker's first act when ``user`` is set (before a thread or a connection exists): drop
+    to UID:GID for good, then check it can still read its Python, which loads modules lazily."""
+    uid, _, gid = uid_gid.partition(":")
+    user = User(int(uid), int(gid), uid_gid)
+    # Where the standard library (os; select: lib-dynload), edgeproxy and its dependencies are.
+    dirs = import_dirs(sys.modules[m] for m in ("os", "select", "edgeproxy", "yaml") if m in sys.modules)
+    drop(user)
+    check_readable(user, dirs)
 
 
 def serve_worker(channel_fd: int, wid: int) -> int:
@@ -105,7 +127,18 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 if __name__ == "__main__":
     import signal
 
-    if sys.argv[1:2] != ["worker"] or len(sys.argv) != 4:
-        sys.exit("usage: python -m edgeproxy.runtime.main worker CHANNEL_FD WORKER_ID (started by the supervisor)")
+    args = sys.argv[1:]
+    if args[:1] != ["worker"] or len(args) not in (3, 4):
+        sys.exit(
+            "usage: python -m edgeproxy.runtime.main worker CHANNEL_FD WORKER_ID [UID:GID] (started by the supervisor)"
+        )
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handler is installed
-    sys.exit(serve_worker(int(sys.argv[2]), int(sys.argv[3])))
+    if len(args) == 4:
+        try:
+            become(args[3])
+        except (PrivilegeError, ValueError) as e:
+            log.worker = int(args[2])
+            log.error("worker cannot drop privileges", error=str(e))
+            log.flush()
+            sys.exit(1)
+    sys.exit(serve_worker(int(args[1]), int(args[2])))

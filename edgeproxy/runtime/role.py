@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edgeproxy.config import Config
+from edgeproxy.config import Config, User
 from edgeproxy.log import log
 from edgeproxy.metrics import Family
 from edgeproxy.pools import PoolRegistry
@@ -95,8 +95,9 @@ class ControlRole:
         for add in self.certificate_sources:
             certs = add(new, certs)
         tx = Transaction()
+        tx.stage("user", lambda: self._same_user(new))
         tx.stage("sockets", lambda: self.sockets.stage(socket_keys(new)))
-        tx.stage("log", lambda: log.prepare(new.log.level, new.log.access, new.log.format))
+        tx.stage("log", lambda: log.prepare(new.log.level, self._access_log(new), new.log.format))
         tx.stage("pools", lambda: self.registry.stage(new.backends))
         await tx.stage_async(self.serving_step, lambda: self._prepare_serving(new, raw, certs))
         await tx.stage_async("components", lambda: self.control.prepare(new))
@@ -126,6 +127,22 @@ class ControlRole:
 
     async def _use_challenges(self, board: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _access_log(self, new: Config) -> str:
+        """Where this process writes access lines: the config's target, unless it serves none."""
+        return new.log.access
+
+    def _same_user(self, new: Config) -> Staged:
+        """The data plane's user is fixed for the life of the process: a worker that dropped root
+        cannot take another uid, and adding or removing ``user`` changes the process model."""
+        old = self._config.user
+
+        def ids(user: User | None) -> tuple[int, int] | None:
+            return (user.uid, user.gid) if user is not None else None
+
+        if ids(new.user) != ids(old):
+            raise ValueError(f"user: changing it ({old or '(none)'} -> {new.user or '(none)'}) takes a restart")
+        return Staged()
 
     def _set_config(self, new: Config, raw: bytes, certs: CertificateSet) -> None:
         self._config = new

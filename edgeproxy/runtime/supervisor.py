@@ -47,7 +47,7 @@ from edgeproxy.runtime.udp_steering import UdpGroups
 from edgeproxy.staged import Staged
 from edgeproxy.tls.files import CertificateSet
 
-WORKER_MODULE = "edgeproxy.runtime.main"  # ``python -m edgeproxy.runtime.main worker FD ID``
+WORKER_MODULE = "edgeproxy.runtime.main"  # ``python -m edgeproxy.runtime.main worker FD ID [UID:GID]``
 START_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 30.0
 STATS_TIMEOUT = 2.0
@@ -125,6 +125,11 @@ class Supervisor(ControlRole):
             return Staged()
         return await self._prepare_workers(new, raw, certs)
 
+    def _access_log(self, new: Config) -> str:
+        # Only the workers write access lines, and they open the file themselves: as `user` when
+        # it is set. Were the supervisor to open it first, as root, it would create it root's.
+        return "off"
+
     def _set_config(self, new: Config, raw: bytes, certs: CertificateSet) -> None:
         super()._set_config(new, raw, certs)
         if raw:
@@ -136,8 +141,9 @@ class Supervisor(ControlRole):
     async def _spawn(self, wid: int, restarts: int = 0) -> WorkerHandle:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with child:
+            user = [f"{self.config.user.uid}:{self.config.user.gid}"] if self.config.user else []
             proc = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, "worker", str(child.fileno()), str(wid)],
+                [sys.executable, "-m", WORKER_MODULE, "worker", str(child.fileno()), str(wid), *user],
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
             )

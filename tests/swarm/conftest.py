@@ -34,19 +34,23 @@ IMAGE = "local/bb:2"
 CGI = '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "remote=$REMOTE_ADDR xff=$HTTP_X_FORWARDED_FOR"\n'
 
 
-def _missing() -> str | None:
+def _missing(extra: dict[str, str]) -> str | None:
     if os.geteuid() != 0:
         return "swarm tests need root (they start a private dockerd)"
     for tool in ("dockerd", "docker", "busybox", "ip", "openssl"):
         if shutil.which(tool) is None:
             return f"swarm tests need {tool} (apt-get install docker.io busybox-static iproute2 openssl)"
+    for tool, package in extra.items():
+        if shutil.which(tool) is None:
+            return f"these tests also need {tool} (apt-get install {package})"
     return None
 
 
-def need_swarm() -> None:
+def need_swarm(**extra: str) -> None:
     """Skip, saying why, where a real swarm cannot run; fail instead under
-    EDGEPROXY_SWARM_TESTS=require (.ci/run), so CI cannot pass by skipping them."""
-    reason = _missing()
+    EDGEPROXY_SWARM_TESTS=require (.ci/run), so CI cannot pass by skipping them.
+    ``extra``: more tools these tests need, tool=package."""
+    reason = _missing(extra)
     if reason is None:
         return
     if os.environ.get("EDGEPROXY_SWARM_TESTS") == "require":

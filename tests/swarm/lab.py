@@ -1,6 +1,7 @@
 """A multi-node swarm for the tests: 3 managers + 1 worker, one dockerd per network namespace on a
-private bridge (lab.sh does the namespace work). Names and the 10.77.X.0/24 subnet are chosen per
-run so two test runs on one machine cannot collide; teardown removes everything it made."""
+private bridge, and a client host in a namespace of its own (lab.sh does the namespace work).
+Names and the 10.77.X.0/24 subnet are chosen per run so two test runs on one machine cannot
+collide; teardown removes everything it made."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ SCRIPT = Path(__file__).with_name("lab.sh")
 
 
 class Lab:
-    def __init__(self, rootfs_tar: bytes, nodes: int = 4) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="ep-lab-", dir="/tmp"))  # short: unix socket paths
+    def __init__(self, rootfs_tar: bytes, nodes: int = 4, storage: str = "vfs", parent: str = "/tmp") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ep-lab-", dir=parent))  # short: unix socket paths
         self.tag = f"{random.randrange(16**5):05x}"
         self.nodes = nodes
+        self.storage = storage
         out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
         taken = {a.split("/")[0].rsplit(".", 1)[0] for a in out.split() if a.count(".") == 3}
         self.net = next(n for n in (f"10.77.{random.randrange(1, 255)}" for _ in range(200)) if n not in taken)
@@ -28,7 +30,9 @@ class Lab:
             tar.extractall(self.dir / "rootfs", filter="tar")
 
     def sh(self, *args: str, timeout: float = 120.0) -> None:
-        env = dict(os.environ, LAB=str(self.dir), TAG=self.tag, NET=self.net, NODES=str(self.nodes))
+        env = dict(
+            os.environ, LAB=str(self.dir), TAG=self.tag, NET=self.net, NODES=str(self.nodes), STORAGE=self.storage
+        )
         r = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
             raise RuntimeError(f"lab.sh {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -50,6 +54,28 @@ class Lab:
 
     def addr(self, n: int) -> str:
         return f"{self.net}.{10 + n}"
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's address: this (the test's) host as the nodes see it."""
+        return f"{self.net}.1"
+
+    @property
+    def client_netns(self) -> str:
+        """A namespace of its own on the lab bridge, address ``client_addr``."""
+        return f"ep{self.tag}-c"
+
+    @property
+    def client_addr(self) -> str:
+        return f"{self.net}.100"
+
+    @property
+    def engine_sock(self) -> str:
+        """On every node, the path of that node's own engine socket (a bind mount of lab.sh)."""
+        return f"{self.dir}/engine/docker.sock"
+
+    def node_netns(self, n: int) -> str:
+        return f"ep{self.tag}-n{n}"
 
     def docker(self, n: int, *args: str) -> str:
         r = subprocess.run(["docker", "-H", self.url(n), *args], capture_output=True, text=True, timeout=60)

@@ -6,14 +6,18 @@
 #   lab.sh setup | teardown | stop N [SIG] | start N
 #
 # Environment: LAB (state dir), TAG (unique, <= 6 chars), NET (e.g. 10.77.3: nodes NET.11..),
-# NODES (4), MANAGERS (3), ROOTFS (the test image's root, a directory).
-# Nodes: nodeN = $NET.(10+N) in netns ep$TAG-nN; the bridge is ep$TAG (NET.1). Nothing else on the
+# NODES (4), MANAGERS (3), ROOTFS (the test image's root, a directory), STORAGE (dockerd's
+# storage driver: vfs works on any filesystem, overlay2 is much faster for big images).
+# Nodes: nodeN = $NET.(10+N) in netns ep$TAG-nN; a client host in netns ep$TAG-c = $NET.100; the
+# bridge is ep$TAG (NET.1). Each node sees its own engine's socket at $LAB/engine/docker.sock
+# (a bind mount in its mount namespace): the same path on every node, as /var/run/docker.sock is
+# on real ones, for services that mount it. Nothing else on the
 # host is touched but FORWARD rules for this bridge (removed by teardown): the root namespace's
 # bridge netfilter would otherwise apply the host's FORWARD policy to frames between nodes.
 set -euo pipefail
 
 LAB=${LAB:?state dir}; TAG=${TAG:?unique tag}; NET=${NET:?like 10.77.3}
-NODES=${NODES:-4}; MANAGERS=${MANAGERS:-3}; ROOTFS=${ROOTFS:-$LAB/rootfs}
+NODES=${NODES:-4}; MANAGERS=${MANAGERS:-3}; ROOTFS=${ROOTFS:-$LAB/rootfs}; STORAGE=${STORAGE:-vfs}
 SELF=$(readlink -f "$0")
 BR=ep$TAG
 IMAGE=local/bb:2
@@ -36,10 +40,11 @@ _dockerd() {
   echo "nameserver $NET.1" > "$dir/resolv.conf"     # nothing answers: fast failure, nothing leaves
   mount --bind "$dir/resolv.conf" /etc/resolv.conf  # in this private mount namespace only
   hostname "node$n"                                 # own UTS namespace: distinct node names
+  mount --bind "$dir" "$LAB/engine"                 # this node's socket at $LAB/engine/docker.sock
   export DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1      # else each task tries a registry first
   exec dockerd --data-root "$dir/data" --exec-root "$dir/exec" \
     -H "unix://$dir/docker.sock" --pidfile "$dir/dockerd.pid" --config-file "$dir/daemon.json" \
-    --storage-driver vfs --bip "172.30.$n.1/24" --cgroup-parent "/ep$TAG-node$n" --shutdown-timeout 2
+    --storage-driver "$STORAGE" --bip "172.30.$n.1/24" --cgroup-parent "/ep$TAG-node$n" --shutdown-timeout 2
 }
 
 start_dockerd() {
@@ -57,7 +62,7 @@ start_dockerd() {
 }
 
 setup() {
-  mkdir -p "$LAB"
+  mkdir -p "$LAB/engine"
   ip link add "$BR" type bridge
   ip addr add "$NET.1/24" dev "$BR"
   ip link set "$BR" up
@@ -72,6 +77,12 @@ setup() {
     ip -n "$(ns "$n")" link set eth0 up
     ip -n "$(ns "$n")" route add default via "$NET.1"
   done
+  ip netns add "ep$TAG-c"
+  ip link add "ep$TAG-vc" type veth peer name eth0 netns "ep$TAG-c"
+  ip link set "ep$TAG-vc" master "$BR" up
+  ip -n "ep$TAG-c" link set lo up
+  ip -n "ep$TAG-c" addr add "$NET.100/24" dev eth0
+  ip -n "ep$TAG-c" link set eth0 up
   for n in $(seq 1 "$NODES"); do start_dockerd "$n" & pids+=($!); done
   for p in "${pids[@]}"; do wait "$p"; done
   d 1 swarm init --advertise-addr "$(ip_of 1)" --listen-addr "$(ip_of 1):2377" >/dev/null
@@ -109,6 +120,7 @@ teardown() {
     done
     [ $any = 0 ] && break; sleep 0.25
   done
+  log "teardown: dockerds stopped"
   for n in $(seq 1 "$NODES"); do
     for p in $(our_pids "$n") $(cat /sys/fs/cgroup/pids/ep$TAG-node$n/*/cgroup.procs 2>/dev/null || true); do
       [ "$p" = "$$" ] && continue
@@ -116,6 +128,7 @@ teardown() {
     done
   done
   sleep 0.3
+  log "teardown: leftovers killed"
   for n in $(seq 1 "$NODES"); do
     for c in /sys/fs/cgroup/*/ep$TAG-node$n /sys/fs/cgroup/ep$TAG-node$n; do
       [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
@@ -123,10 +136,14 @@ teardown() {
     ip link del "ep$TAG-v$n" 2>/dev/null || true
     ip netns del "$(ns "$n")" 2>/dev/null || true
   done
+  ip link del "ep$TAG-vc" 2>/dev/null || true
+  ip netns del "ep$TAG-c" 2>/dev/null || true
   ip link del "$BR" 2>/dev/null || true
   while iptables -D FORWARD -i "$BR" -o "$BR" -m comment --comment "ep$TAG" -j ACCEPT 2>/dev/null; do :; done
   for m in $(awk -v l="$LAB/" 'index($5, l) == 1 {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m" || true; done
+  log "teardown: network gone, deleting $LAB"
   rm -rf "$LAB"
+  log "teardown: done"
 }
 
 case "${1:-}" in

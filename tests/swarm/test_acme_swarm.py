@@ -296,3 +296,34 @@ def test_two_running_proxies_one_order_validated_at_the_other(
     assert answered, "A did not answer the validation"
     assert not [r for r in b.log_lines() if r.get("listener") == "http" and r.get("end") == "acme_http01"]
     assert not [r for r in a.log_lines() if r.get("msg") == "acme: asking the CA to validate"]
+
+
+def test_a_cancelled_holder_still_releases_its_lock(swarm: Swarm, key_file: str) -> None:
+    """A shutdown cancels an order's task right after its certificate arrived, and the manager's
+    close sends the cancellation again while the release is on its way: the lock is released all
+    the same (found in CI: the lock stayed until its lease ran out)."""
+    directory = f"https://release.test/{os.urandom(4).hex()}/dir"
+    storage = SwarmStorage(SwarmConfigs([Endpoint.parse(swarm.url)]), directory, Sealer.from_file(key_file), "node-a")
+
+    async def scenario() -> None:
+        inside = asyncio.Event()
+
+        async def hold() -> None:
+            async with storage.lock("cert-x.test", 30) as held:
+                assert held is not None
+                inside.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(hold())
+        await inside.wait()
+        assert len(await ours(storage, "lock")) == 1
+        cancels = 0
+        while not task.done():  # cancelled again and again, as a close does
+            task.cancel()
+            cancels += 1
+            await asyncio.sleep(0)
+        assert task.cancelled()
+        assert cancels > 1  # the release took more than one cancellation's time
+        assert not await ours(storage, "lock")
+
+    asyncio.run(scenario())

@@ -121,6 +121,7 @@ ADDRESS_BAD = [
 def value_cases() -> Iterator[tuple[str, Tree]]:
     fields: list[tuple[str, list[str]]] = [
         ("workers", [*INT_BAD, "0", "257"]),
+        ("user", [*TEXT_BAD, "root", "0", "0:0", "nobody:root", "no-such-user-ep", "nobody:no-such-group-ep", ":x"]),
         ("listeners[0].max_connections", [*INT_BAD, "0"]),
         ("backends.app.retries", [*INT_BAD, "101"]),
         ("backends.app.health.rise", ["0", "1:30", "017", "yes", "!!int abc", ".nan"]),
