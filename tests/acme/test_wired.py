@@ -293,3 +293,26 @@ def test_ca_down_keeps_the_certificate_served_and_the_error_visible(tmp_path: Pa
             assert metric(samples, "edgeproxy_acme_consecutive_failures", certificate=NAME) >= 1
             [status] = admin_json(admin, "/status")["acme"]
             assert "cannot reach the CA" in status["last_error"]
+
+
+def test_with_user_the_account_key_stays_in_the_supervisor(tmp_path: Path, backend: HttpBackend) -> None:
+    """``user: nobody``: the supervisor (root) orders and keeps the account key; the worker,
+    dropped to nobody, answers HTTP-01 and serves the certificate, and cannot open the key."""
+    import errno
+
+    from tests import process_probe
+    from tests.privsep import NOBODY, directory, need_privsep, python_for
+
+    need_privsep()
+    with running_pebble(tmp_path / "pebble") as peb, directory(0o755) as storage:
+        config = proxy_config(peb, backend, storage / "acme")
+        config["user"] = "nobody"
+        with edgeproxy(config, python=python_for()) as proxy:
+            (worker,) = proxy.wait_log(lambda r: r.get("msg") == "edgeproxy started")["worker_pids"]
+            assert process_probe.credentials(worker) == process_probe.dropped(NOBODY, NOBODY)
+            seconds, _ = first_certificate(peb, peb.tlsalpn01_port, time.monotonic())
+            [account] = storage.glob("acme/*/account-*.json")
+            assert process_probe.open_errno(worker, str(account)) == errno.EACCES
+            assert process_probe.open_errno(proxy.proc.pid, str(account)) == 0
+            print(f"\nuser nobody: first certificate served {seconds:.2f} s after the start")
+    assert validated_by(proxy) == ["http-01"]
