@@ -5,7 +5,10 @@ real HTTP backend that reports what it saw (X-Forwarded-For, X-Forwarded-Proto).
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 import trustme
 
+from tests import process_probe
 from tests.helpers import (
     NO_CHECKS,
     Backend,
@@ -30,6 +34,7 @@ from tests.helpers import (
     whoami_handler,
 )
 from tests.helpers import test_dir as make_dir
+from tests.privsep import directory, need_privsep, python_for
 
 
 class Pki:
@@ -357,7 +362,7 @@ def test_sighup_swaps_the_certificate_under_load(pki: Pki) -> None:
             second = pki.ca.issue_cert("a.test", organization_name="second")
             Path(first["cert"]).write_bytes(b"".join(b.bytes() for b in second.cert_chain_pems))
             second.private_key_pem.write_to_path(first["key"])
-            proxy.send(__import__("signal").SIGHUP)
+            proxy.send(signal.SIGHUP)
             proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded", timeout=20)
             deadline = time.monotonic() + 10
             while organization(port, pki) != "second":
@@ -445,7 +450,7 @@ def test_reload_with_a_bad_certificate_keeps_serving_and_metrics_show_expiry(pki
         b = pki.issue("b", "b.test")
         cfg["listeners"][0]["tls"]["certificates"] = [{"cert": a["cert"], "key": b["key"]}]
         proxy.write_config(cfg)
-        proxy.send(__import__("signal").SIGHUP)
+        proxy.send(signal.SIGHUP)
         failed = proxy.wait_log(lambda r: r.get("msg", "").startswith("reload failed"), timeout=20)
         assert failed["step"] == "certificates"
         assert "listeners[0].tls.certificates[0].key" in failed["errors"][0]
@@ -489,7 +494,7 @@ def test_reload_turns_tls_on_for_a_listener_that_stays(pki: Pki) -> None:
         assert json.loads(read_http_response(f)[2])["proto"] == ["http"]
         cfg["listeners"][0]["tls"] = tls
         proxy.write_config(cfg)
-        proxy.send(__import__("signal").SIGHUP)
+        proxy.send(signal.SIGHUP)
         proxy.wait_log(lambda r: r.get("msg") == "configuration reloaded", timeout=20)
         with tls_connect(port, pki.client(), "a.test") as s:
             assert json.loads(get(s)[2])["proto"] == ["https"]
@@ -500,8 +505,6 @@ def test_reload_turns_tls_on_for_a_listener_that_stays(pki: Pki) -> None:
 def test_pipelined_requests_then_a_fin_are_all_answered(pki: Pki) -> None:
     """Twenty requests in twenty TLS records, then a FIN (no close_notify, as many clients do): the
     FIN must reach the HTTP code after every record before it, so all are answered."""
-    import os
-
     a = pki.issue("a", "a.test")
     backend = HttpBackend()
     port = free_port()
@@ -513,3 +516,26 @@ def test_pipelined_requests_then_a_fin_are_all_answered(pki: Pki) -> None:
         with s.makefile("rb") as f:
             paths = [json.loads(read_http_response(f)[2])["path"] for _ in range(20)]
         assert paths == [f"/{i}" for i in range(20)]
+
+
+def test_workers_that_dropped_root_serve_keys_only_root_can_read(pki: Pki) -> None:
+    """``user:`` + 2 workers: the key file is root's, 0600; the workers (nobody) cannot open it,
+    the supervisor reads it and hands them the certificate, and HTTPS is served."""
+    need_privsep()
+    a = pki.issue("a", "a.test")
+    backend = HttpBackend()
+    port = free_port()
+    with directory(0o755) as d:
+        key = d / "a.key"
+        key.write_bytes(Path(a["key"]).read_bytes())
+        key.chmod(0o600)
+        cfg = https_config(port, backend, [{"cert": a["cert"], "key": str(key)}], workers=2)
+        cfg["user"] = "nobody"
+        cfg["log"]["access"] = "off"
+        with edgeproxy(cfg, python=python_for()) as proxy:
+            started = proxy.wait_log(lambda r: r.get("msg") == "edgeproxy started")
+            for worker in started["worker_pids"]:
+                assert process_probe.open_errno(worker, str(key)) == errno.EACCES
+            for source in ("127.0.0.41", "127.0.0.42", "127.0.0.43"):
+                with tls_connect(port, pki.client(), "a.test", source=source) as s:
+                    assert json.loads(get(s)[2])["xff"] == [source]
