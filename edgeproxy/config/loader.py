@@ -56,6 +56,7 @@ from edgeproxy.config.values import (
     MIN_DURATION,
     Address,
     IPNetwork,
+    acme_name_error,
     clip,
     is_loopback,
     parse_address,
@@ -314,7 +315,6 @@ _LISTENER_KEYS = (
 _TLS_KEYS = ("certificates", "acme", "min_version", "alpn", "hsts")
 _REDIRECT_AUTO = 0  # redirect_https: true, until the TLS port is known (all_listeners)
 _ACME_KEYS = ("directory", "email", "storage", "ca", "renew_before", "encryption_key")
-_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm")
 _HEALTH_KEYS = ("type", "interval", "timeout", "rise", "fall", "path", "expect", "port")
 
@@ -594,15 +594,9 @@ class _Builder:
 
     def acme_name(self, node: Node, path: str) -> str:
         name = self.r.text(node, path).lower().rstrip(".")
-        if name.startswith("*."):
-            raise self.r.fail(
-                node, path, f"{clip(name)}: a wildcard needs the DNS-01 challenge, which edgeproxy does not do"
-            )
-        labels = name.split(".")
-        if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-            raise self.r.fail(node, path, f"{clip(name)} is not a DNS name (letters, digits, '-', labels of 1-63)")
-        if labels[-1].isdigit():
-            raise self.r.fail(node, path, f"{clip(name)} is an IP address: ACME certificates here are for DNS names")
+        error = acme_name_error(name)
+        if error is not None:
+            raise self.r.fail(node, path, error)
         return name
 
     def acme(self, node: Node, path: str) -> AcmeConfig:

@@ -15,6 +15,11 @@ as PEM: a worker may not be allowed to open the key files); ``prepare`` builds t
 (tls/contexts.py, reusing unchanged ones, so their session caches and ticket keys survive) and the
 commit hands them to the listener contexts: new handshakes use them, open connections keep theirs.
 ``use_certificates`` does the same between reloads (ACME, issue 14).
+
+ACME (issue 14): where the config has ``acme:``, every plain http listener answers HTTP-01 from the
+challenge board before redirecting or routing, and every TLS listener asks it for a TLS-ALPN-01
+validation before choosing its own certificate (acme/answers.py). The board is the control
+plane's, handed over whole (``use_challenges``): the data plane never sees the account key.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import socket
 import ssl
 import time
 from collections.abc import Coroutine, Mapping
+from functools import partial
 from typing import Any, Protocol
 
+from edgeproxy.acme.answers import ChallengeContexts, http01_response
+from edgeproxy.acme.board import ChallengeBoard
 from edgeproxy.admin.metrics import data_plane_families
 from edgeproxy.config import Config, Listener
 from edgeproxy.log import log
@@ -79,7 +87,8 @@ class DataPlane:
         # ACME TLS-ALPN-01 (issue 14): the context answering a validation's ClientHello, asked
         # before SNI on every TLS listener (tls/contexts.py); kept across reloads. Set it, then
         # ``use_certificates(self.certs)`` to apply it to the listeners already running.
-        self.challenge: ChallengeHook | None = None
+        self.challenges = ChallengeBoard()  # ACME answers, the control plane's (use_challenges)
+        self._alpn_answers: ChallengeHook = ChallengeContexts(self.challenges).for_hello
         self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
         self.retired: list[ListenerContext] = []  # removed by a reload, connections still open
@@ -96,7 +105,7 @@ class DataPlane:
     async def prepare(self, new: Config, certs: CertificateSet = NO_CERTIFICATES) -> Staged:
         loop = asyncio.get_running_loop()
         # (ssl.SSLError if OpenSSL refuses what the checks passed: the step fails, nothing changed)
-        tls, made = build_contexts(new, certs, self.ssl_contexts, self.challenge)
+        tls, made = build_contexts(new, certs, self.ssl_contexts, self._tls_alpn01(new))
         old = {lst.name: lst for lst in self.config.listeners} if self.config is not None else {}
         kept: list[Listener] = []
         started: dict[str, tuple[ListenerContext, Serving]] = {}
@@ -113,6 +122,7 @@ class DataPlane:
                     continue
                 routes = self.registry.routes.get(listener.name, ())
                 ctx = ListenerContext(loop, listener, new.timeouts, self.registry.pools, routes, tls.get(listener.name))
+                self._answer_http01(new, ctx)
                 stats = self._stats_of(listener.name)
                 if stats is not None:
                     ctx.stats = stats  # a listener re-created under its name keeps counting (no counter reset)
@@ -134,6 +144,7 @@ class DataPlane:
                 self._retire(name, new.timeouts.drain)
             for listener in kept:
                 self.contexts[listener.name].update(listener, new.timeouts, tls.get(listener.name))
+                self._answer_http01(new, self.contexts[listener.name])
             for name, (ctx, serving) in started.items():
                 self.contexts[name] = ctx
                 self.servings[name] = serving
@@ -153,10 +164,24 @@ class DataPlane:
         one, changing nothing."""
         if self.config is None:
             return
-        tls, made = build_contexts(self.config, certs, self.ssl_contexts, self.challenge)
+        tls, made = build_contexts(self.config, certs, self.ssl_contexts, self._tls_alpn01(self.config))
         self.certs, self.ssl_contexts = certs, made
         for name, ctx in self.contexts.items():
             ctx.update(ctx.listener, ctx.timeouts, tls.get(name))
+
+    def use_challenges(self, board: Mapping[str, Any]) -> None:
+        """The ACME challenges to answer from now on (``ChallengeBoard.to_wire``); ``ValueError``
+        for a malformed one, nothing changed."""
+        self.challenges.apply_wire(board)
+
+    def _tls_alpn01(self, config: Config) -> ChallengeHook | None:
+        """What a TLS listener asks first about each ClientHello (with ``acme:`` only: otherwise
+        a handshake does not pay for the question)."""
+        return self._alpn_answers if config.acme is not None else None
+
+    def _answer_http01(self, config: Config, ctx: ListenerContext) -> None:
+        plain_http = ctx.listener.mode == "http" and ctx.listener.tls is None
+        ctx.http01 = partial(http01_response, self.challenges) if config.acme is not None and plain_http else None
 
     def _stats_of(self, name: str) -> ListenerStats | None:
         ctx = self.contexts.get(name) or next((c for c in self.retired if c.listener.name == name), None)

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edgeproxy.admin.view import StatsView
 from edgeproxy.config import Config, User
 from edgeproxy.log import log
 from edgeproxy.metrics import Family
@@ -23,7 +22,8 @@ from edgeproxy.staged import Staged
 from edgeproxy.stats import ReloadStats
 from edgeproxy.tls.files import NO_CERTIFICATES, CertificateFilesError, CertificateSet, read_certificates
 
-MakeControl = Callable[[StatsView], ControlPlane]
+MakeControl = Callable[["ControlRole"], ControlPlane]
+CertificateSource = Callable[[Config, CertificateSet], CertificateSet]
 
 
 def read_tls_files(config: Config) -> CertificateSet:
@@ -65,6 +65,9 @@ class ControlRole:
         self.started = time.time()
         self._draining = False
         self.certs = NO_CERTIFICATES  # what the TLS listeners serve (read from the files at each reload)
+        # Certificates besides the files (ACME: runtime/acme_service.py), added to them at each reload.
+        self.certificate_sources: list[CertificateSource] = []
+        self.challenges: dict[str, Any] = {}  # the ACME challenge board's wire form, as last handed over
         self.control = make_control(self)
 
     # -- StatsView ---------------------------------------------------------------------------------
@@ -89,6 +92,8 @@ class ControlRole:
     async def _prepare(self, new: Config, raw: bytes) -> Transaction:
         """Every step of ``new``; ReloadFailed (everything prepared aborted) if one fails."""
         certs = read_tls_files(new)  # only reads: nothing to undo if a later step fails
+        for add in self.certificate_sources:
+            certs = add(new, certs)
         tx = Transaction()
         tx.stage("user", lambda: self._same_user(new))
         tx.stage("sockets", lambda: self.sockets.stage(socket_keys(new)))
@@ -112,6 +117,15 @@ class ControlRole:
         self.certs = certs
 
     async def _use_certificates(self, certs: CertificateSet) -> None:
+        raise NotImplementedError
+
+    async def use_challenges(self, board: dict[str, Any]) -> None:
+        """Answer the ACME challenges of ``board`` (``ChallengeBoard.to_wire``) in every process,
+        from now on; returns once every data plane has them (the CA is told to look then)."""
+        self.challenges = board  # (a worker started meanwhile gets it with its configuration)
+        await self._use_challenges(board)
+
+    async def _use_challenges(self, board: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def _access_log(self, new: Config) -> str:

@@ -3,6 +3,8 @@ checks, discovery, the admin endpoint), with no supervisor (SPEC.md, issue 4).""
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgeproxy.config import Config
 from edgeproxy.log import log
 from edgeproxy.metrics import Family
@@ -31,6 +33,9 @@ class SingleProcess(ControlRole):
 
     async def _use_certificates(self, certs: CertificateSet) -> None:
         self.dataplane.use_certificates(certs)
+
+    async def _use_challenges(self, board: dict[str, Any]) -> None:
+        self.dataplane.use_challenges(board)
 
     async def _settle(self) -> None:
         await self.dataplane.settled()

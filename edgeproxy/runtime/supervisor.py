@@ -153,7 +153,10 @@ class Supervisor(ControlRole):
         self._give_sockets(h)
         try:
             reply = await h.channel.request(
-                {"op": "config", "path": self.config.path, "raw": self.raw.decode(), "certs": self.certs.to_wire()},
+                {
+                    **{"op": "config", "path": self.config.path, "raw": self.raw.decode()},
+                    **{"certs": self.certs.to_wire(), "challenges": self.challenges},
+                },
                 timeout=START_TIMEOUT,
             )
         except (ChannelClosed, TimeoutError) as e:
@@ -267,11 +270,21 @@ class Supervisor(ControlRole):
         """Every worker serves ``certs`` (the ACME hook, ``ControlRole.use_certificates``); a worker
         restarted later gets them with its configuration (``self.certs``)."""
         msg = {"op": "certificates", "certs": certs.to_wire()}
-        live = [h for h in self._live() if h.ready]
-        replies = await asyncio.gather(*(self._request(h, msg, RELOAD_TIMEOUT) for h in live), return_exceptions=True)
-        for h, r in zip(live, replies, strict=True):
+        await self._tell(msg, [h for h in self._live() if h.ready], "the new certificates")
+
+    async def _use_challenges(self, board: dict[str, Any]) -> None:
+        """Every worker answers the challenges of ``board`` (a worker still starting too: it
+        applies the board as soon as it reads it, before its configuration)."""
+        await self._tell({"op": "challenges", "board": board}, self._live(), "the ACME challenges")
+
+    async def _tell(self, msg: Message, workers: list[WorkerHandle], what: str) -> None:
+        """``msg`` to ``workers``, waiting for their answers; a worker that fails is logged."""
+        replies = await asyncio.gather(
+            *(self._request(h, msg, RELOAD_TIMEOUT) for h in workers), return_exceptions=True
+        )
+        for h, r in zip(workers, replies, strict=True):
             if isinstance(r, BaseException) or not r.get("ok"):
-                log.error("a worker did not take the new certificates", worker=h.id, error=str(r))
+                log.error(f"a worker did not take {what}", worker=h.id, error=str(r))
 
     async def _settle(self) -> None:
         acks, self._acks = self._acks, []

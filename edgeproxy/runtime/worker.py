@@ -87,6 +87,13 @@ class Worker:
                 self.channel.reply(msg, ok=False, error=reload.describe(e))
             else:
                 self.channel.reply(msg, ok=True)
+        elif op == "challenges":  # ACME answers, pushed by the supervisor before it asks the CA
+            try:
+                self.dataplane.use_challenges(msg["board"])
+            except (KeyError, ValueError) as e:
+                self.channel.reply(msg, ok=False, error=str(e))
+            else:
+                self.channel.reply(msg, ok=True)
         elif op in ("config", "prepare", "stop"):
             self.queue.put_nowait(msg)
 
@@ -131,6 +138,8 @@ class Worker:
             config = per_worker(reload.parse(str(msg["raw"]).encode(), str(msg["path"])))
             # (PEM from the supervisor, which read the files: this process may not be allowed to)
             certs = CertificateSet.from_wire(msg.get("certs") or {})
+            if msg.get("challenges"):
+                self.dataplane.use_challenges(msg["challenges"])
             tx = await self._prepare(config, certs)
         except Exception as e:  # never let a reload end the worker: say why, keep serving
             self.channel.reply(msg, ok=False, error=reload.describe(e))
