@@ -55,19 +55,17 @@ def run_wrk(
     cpus: str | None,
     workdir: Path,
     every: tuple[float, Callable[[], None]] | None = None,
-    tls: str | None = None,
+    https: bool = False,
+    host: str = "127.0.0.1",
 ) -> WrkResult:
-    """Run wrk for ``seconds``; ``every=(interval, fn)`` calls fn at that interval meanwhile.
-    ``tls``: HTTPS to this name (it must resolve to 127.0.0.1: wrk connects to what the URL
-    names and sends it as SNI)."""
+    """Run wrk for ``seconds``; ``every=(interval, fn)`` calls fn at that interval meanwhile."""
     script = workdir / "done.lua"
     if not script.exists():
         script.write_text(WRK_LUA)
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
-    url = f"https://{tls}:{port}{path}" if tls else f"http://127.0.0.1:{port}{path}"
-    cmd += ["-s", str(script), url]
+    cmd += ["-s", str(script), f"{'https' if https else 'http'}://{host}:{port}{path}"]
     proc = subprocess.Popen(pinned(cmd, cpus), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + seconds + 30  # wrk ends by itself; this bounds a hung one
     next_tick = time.monotonic() + every[0] if every else float("inf")

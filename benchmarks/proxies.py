@@ -3,10 +3,7 @@
 Both get the same job: HTTP mode strips the client's X-Forwarded-For and sets its own (HAProxy:
 ``option forwardfor`` + ``http-request del-header X-Forwarded-For``; edgeproxy:
 ``forwarded.headers: [x-forwarded-for]``); TCP mode optionally sends a PROXY v2 header
-(``send-proxy-v2`` / ``send_proxy: v2``); ``workers`` = ``nbthread``. With ``sni``, TCP mode
-routes TLS it does not terminate by the ClientHello's server name (HAProxy: ``tcp-request
-inspect-delay`` + ``use_backend ... if { req.ssl_sni -i NAME }``; edgeproxy: ``routes: [{sni:
-NAME}]``), the default backend being a dead server in both. Neither writes an access log.
+(``send-proxy-v2`` / ``send_proxy: v2``); ``workers`` = ``nbthread``. Neither writes an access log.
 A proxy that cannot run a scenario (a mode or option this build lacks) raises ``Skip``.
 """
 
@@ -43,6 +40,7 @@ class Setup:
     send_proxy: bool = False
     workers: int = 1
     max_conns: int = 5000
+    tls_pem: str | None = None  # terminate TLS with this PEM file (certificate then key)
     sni: str | None = None  # TLS passthrough routed by this server name (the backend speaks TLS)
     dead_port: int = 9  # the default backend's server with ``sni``: nothing listens (discard)
 
@@ -66,17 +64,20 @@ class Proxy:
 
     def _ready(self, setup: Setup) -> None:
         """Wait until a request passes through, then check that the proxy did the scenario's work."""
-        error = wait_http(self.port, "/small", START_TIMEOUT, self.proc.alive, tls=setup.sni)
+        tls = setup.tls_pem is not None
+        sni = setup.sni or "bench.test"
+        https = tls or setup.sni is not None  # terminated here, or passed through to nginx
+        error = wait_http(self.port, "/small", START_TIMEOUT, self.proc.alive, tls=https, sni=sni)
         if error is not None:
             tail = self.proc.log_tail(10).splitlines()
             alerts = [line for line in tail if "ALERT" in line or '"error"' in line] or tail[-2:]
             self.stop()
             raise Skip(f"{self.name} did not serve ({error}): {_short(' '.join(alerts))}")
         if setup.mode == "http":
-            _, body = http_get(self.port, "/whoami", {"X-Forwarded-For": "203.0.113.66"})
+            _, body = http_get(self.port, "/whoami", {"X-Forwarded-For": "203.0.113.66"}, tls=tls)
             expect = b"xff=127.0.0.1\n"
         elif setup.send_proxy:
-            _, body = http_get(self.port, "/whoami", tls=setup.sni)
+            _, body = http_get(self.port, "/whoami", tls=setup.sni is not None, sni=sni)
             expect = b"proxy=127.0.0.1\n" if setup.sni is None else f"proxy=127.0.0.1 sni={setup.sni}\n".encode()
         else:
             return
@@ -134,7 +135,7 @@ def haproxy_config(setup: Setup, port: int) -> str:
         # old worker answers that request with "Connection: close", as edgeproxy's drain does.
         *(["    option idle-close-on-response"] if http else []),
         "frontend bench",
-        f"    bind 127.0.0.1:{port}",
+        f"    bind 127.0.0.1:{port}" + (f" ssl crt {setup.tls_pem} alpn http/1.1" if setup.tls_pem else ""),
         f"    maxconn {setup.max_conns}",
         *(["    option forwardfor", "    http-request del-header X-Forwarded-For"] if http else []),
         *_haproxy_sni(setup),
@@ -209,6 +210,8 @@ def edgeproxy_config(setup: Setup, port: int) -> dict[str, Any]:
     }
     if setup.mode == "http":
         listener["forwarded"] = {"headers": ["x-forwarded-for"]}
+    if setup.tls_pem:
+        listener["tls"] = {"certificates": [setup.tls_pem]}
     backends: dict[str, Any] = {
         "nginx": {
             "send_proxy": "v2" if setup.send_proxy else "none",

@@ -29,12 +29,15 @@ from edgeproxy.config.model import (
     ACME_SWARM_STORAGE,
     DEFAULT_UPGRADES,
     FORWARDED_HEADERS,
+    HTTP_ALPN,
     NEVER_UPGRADES,
+    TLS_VERSIONS,
     AcceptProxy,
     AcmeConfig,
     AdminConfig,
     Backend,
     BackendTLS,
+    CertificateFiles,
     Config,
     Forwarded,
     Health,
@@ -55,6 +58,7 @@ from edgeproxy.config.values import (
     MIN_DURATION,
     Address,
     IPNetwork,
+    acme_name_error,
     clip,
     is_loopback,
     parse_address,
@@ -308,9 +312,11 @@ _LISTENER_KEYS = (
     "max_datagram_size",
     "upgrades",
     "tls",
+    "redirect_https",
 )
+_TLS_KEYS = ("certificates", "acme", "min_version", "alpn", "hsts")
+_REDIRECT_AUTO = 0  # redirect_https: true, until the TLS port is known (all_listeners)
 _ACME_KEYS = ("directory", "email", "storage", "ca", "renew_before", "encryption_key")
-_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm", "tls")
 _BACKEND_TLS_KEYS = ("verify", "ca", "sni")
 # A TLS server name (SNI): DNS labels; "_" too, as the ClientHello reader (proto/tls_hello.py)
@@ -500,6 +506,8 @@ class _Builder:
             if mode != "http":
                 self.r.error(f["upgrades"], f"{path}.upgrades", f"upgrades need mode: http (this listener is {mode})")
             upgrades = tuple(self.r.each(f["upgrades"], f"{path}.upgrades", self.upgrade_protocol))
+        tls = self.r.optional(f, "tls", path, lambda n, p: self.listener_tls(n, p, mode), None)
+        redirect = self.r.optional(f, "redirect_https", path, lambda n, p: self.redirect_https(n, p, mode, tls), None)
         return Listener(
             name=name,
             bind=bind,
@@ -515,29 +523,90 @@ class _Builder:
                 f, "max_datagram_size", path, lambda n, p: self.r.integer(n, p, 1, 65535), 65535
             ),
             upgrades=upgrades,
-            tls=self.r.optional(f, "tls", path, self.listener_tls, None),
+            tls=tls,
+            redirect_https=redirect,
         )
 
-    def listener_tls(self, node: Node, path: str) -> ListenerTLS:
-        """``listeners[].tls``: ``acme`` only until TLS termination (issue 13) adds its keys here."""
-        f = self.r.mapping(node, path, ("acme",))
+    def listener_tls(self, node: Node, path: str, mode: str) -> ListenerTLS:
+        """``listeners[].tls``: terminate TLS (http and tcp listeners). The certificate files are
+        read and checked later, by tls/files.py (``edgeproxy check``, start, reload)."""
+        r = self.r
+        if mode == "udp":
+            raise r.fail(node, path, "tls is not supported on udp listeners (DTLS is not done)")
+        f = r.mapping(node, path, _TLS_KEYS)
         none: list[str] = []
-        names = self.r.optional(f, "acme", path, lambda n, p: self.r.each(n, p, self.acme_name, scalar_ok=True), none)
+        names = r.optional(f, "acme", path, lambda n, p: r.each(n, p, self.acme_name, scalar_ok=True), none)
         if names:
             self.acme_users.append((f["acme"], f"{path}.acme"))
-        return ListenerTLS(acme=tuple(dict.fromkeys(names)))
+        files: list[CertificateFiles] = r.optional(
+            f, "certificates", path, lambda n, p: r.each(n, p, self.certificate_files), []
+        )
+        if "certificates" in f and isinstance(f["certificates"], Seq) and not f["certificates"].items:
+            r.error(f["certificates"], f"{path}.certificates", "needs at least one {cert, key} entry")
+        elif "certificates" not in f and "acme" not in f:
+            r.error(node, path, "needs 'certificates' (PEM files) or 'acme' (names to obtain certificates for)")
+        min_version = r.optional(f, "min_version", path, lambda n, p: r.choice(n, p, TLS_VERSIONS), "1.2")
+        default_alpn = HTTP_ALPN if mode == "http" else ()
+        alpn = tuple(r.optional(f, "alpn", path, lambda n, p: self.alpn_ids(n, p, mode), list(default_alpn)))
+        hsts = None
+        if "hsts" in f:
+            if mode != "http":
+                r.error(f["hsts"], f"{path}.hsts", f"hsts needs mode: http (this listener is {mode})")
+            hsts = r.optional(f, "hsts", path, lambda n, p: r.duration(n, p, period=True), None)
+        return ListenerTLS(
+            acme=tuple(dict.fromkeys(names)),
+            certificates=tuple(files),
+            min_version=min_version,
+            alpn=alpn,
+            hsts=hsts,
+        )
+
+    def certificate_files(self, node: Node, path: str) -> CertificateFiles:
+        """``{cert: FILE, key: FILE}``, or ``{cert: FILE}`` / ``FILE`` with the key in that file."""
+        r = self.r
+        if isinstance(node, Scalar):
+            return CertificateFiles(cert=r.text(node, path), where=path, line=node.line)
+        f = r.mapping(node, path, ("cert", "key"))
+        if "cert" not in f:
+            raise r.fail(node, path, "missing 'cert' (a PEM file: the certificate, then its chain)")
+        cert = r.text(f["cert"], f"{path}.cert")
+        key = r.optional(f, "key", path, r.text, None)
+        return CertificateFiles(cert=cert, key=key, where=path, line=node.line)
+
+    def alpn_ids(self, node: Node, path: str, mode: str) -> list[str]:
+        def one(n: Node, p: str) -> str:
+            proto = self.r.text(n, p)
+            if len(proto.encode("utf-8", "replace")) > 255 or not proto.isascii():
+                raise self.r.fail(n, p, f"{clip(proto)} is not an ALPN protocol id (ASCII, at most 255 bytes)")
+            if mode == "http" and proto != "http/1.1":
+                why = "h2 is not negotiated yet" if proto == "h2" else "an http listener speaks HTTP/1.1"
+                raise self.r.fail(n, p, f"{clip(proto)}: only http/1.1 is offered on an http listener ({why})")
+            return proto
+
+        ids = self.r.each(node, path, one, scalar_ok=True)
+        return list(dict.fromkeys(ids))
+
+    def redirect_https(self, node: Node, path: str, mode: str, tls: ListenerTLS | None) -> int | None:
+        """``true``: to the first TLS http listener's port (443 without one); a port number: to
+        that port; ``false``: off."""
+        r = self.r
+        if mode != "http":
+            raise r.fail(node, path, f"redirect_https needs mode: http (this listener is {mode})")
+        if _is_word(node, TRUE_WORDS):
+            port: int | None = _REDIRECT_AUTO
+        elif _is_word(node, FALSE_WORDS):
+            port = None
+        else:
+            port = r.integer(node, path, 1, 65535)
+        if port is not None and tls is not None:
+            raise r.fail(node, path, "this listener terminates TLS already: redirect_https is for a plain http one")
+        return port
 
     def acme_name(self, node: Node, path: str) -> str:
         name = self.r.text(node, path).lower().rstrip(".")
-        if name.startswith("*."):
-            raise self.r.fail(
-                node, path, f"{clip(name)}: a wildcard needs the DNS-01 challenge, which edgeproxy does not do"
-            )
-        labels = name.split(".")
-        if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-            raise self.r.fail(node, path, f"{clip(name)} is not a DNS name (letters, digits, '-', labels of 1-63)")
-        if labels[-1].isdigit():
-            raise self.r.fail(node, path, f"{clip(name)} is an IP address: ACME certificates here are for DNS names")
+        error = acme_name_error(name)
+        if error is not None:
+            raise self.r.fail(node, path, error)
         return name
 
     def acme(self, node: Node, path: str) -> AcmeConfig:
@@ -752,7 +821,12 @@ class _Builder:
                 listeners.append(self.listener(item, i))
         if isinstance(node, Seq) and not node.items:
             self.r.error(node, path, "needs at least one listener")
-        return listeners
+        # redirect_https: true goes to the first TLS http listener's port (443 without one).
+        tls_port = next((lst.bind[0].port for lst in listeners if lst.mode == "http" and lst.tls and lst.bind), 443)
+        return [
+            dataclasses.replace(lst, redirect_https=tls_port) if lst.redirect_https == _REDIRECT_AUTO else lst
+            for lst in listeners
+        ]
 
     def swarm_section(self, node: Node, path: str) -> SwarmConfig:
         f = self.r.mapping(node, path, ("managers", "tls", "refresh", "timeout", "labels", "node_addresses"))

@@ -88,11 +88,28 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateFiles:
+    """One ``listeners[].tls.certificates`` entry: PEM files, read by the control plane (tls/)."""
+
+    cert: str  # the certificate, then its chain
+    key: str | None = None  # None: the private key is in the ``cert`` file (HAProxy's ``crt`` files)
+    where: str = field(default="", compare=False)  # its YAML path, for errors found reading the files
+    line: int = field(default=0, compare=False)
+
+
+TLS_VERSIONS = ("1.2", "1.3")
+HTTP_ALPN: tuple[str, ...] = ("http/1.1",)  # what an http listener offers (h2 is not negotiated yet)
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerTLS:
-    """``listeners[].tls``. Only ``acme`` here: the rest of the TLS keys (certificates,
-    min_version, alpn, hsts) come with TLS termination (issue 13), which extends this class."""
+    """``listeners[].tls``: terminate TLS on this listener (SPEC.md, "TLS")."""
 
     acme: tuple[str, ...] = ()  # names whose certificates are obtained and renewed by ACME
+    certificates: tuple[CertificateFiles, ...] = ()  # SNI picks by the names in them; the first is the default
+    min_version: str = "1.2"  # one of TLS_VERSIONS
+    alpn: tuple[str, ...] = HTTP_ALPN  # offered in this order (http: HTTP_ALPN; tcp: none by default)
+    hsts: float | None = None  # http: Strict-Transport-Security max-age (seconds) added to responses
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +125,7 @@ class Listener:
     max_datagram_size: int = 65535  # udp: larger datagrams are dropped and counted
     upgrades: tuple[str, ...] = DEFAULT_UPGRADES  # http: protocols a request may switch to (101)
     tls: ListenerTLS | None = None
+    redirect_https: int | None = None  # http without tls: 308 to https://host[:this port]/... (None: off)
 
 
 @dataclass(frozen=True, slots=True)

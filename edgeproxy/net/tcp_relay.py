@@ -23,7 +23,7 @@ either way. The connecting task is kept and cancelled on close.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 from edgeproxy.log import log
 from edgeproxy.net.accept_proxy import ClientAddressReader
@@ -34,20 +34,7 @@ from edgeproxy.proto.tls_hello import ClientHelloReader, TlsHelloError
 if TYPE_CHECKING:
     from edgeproxy.balance import Server
     from edgeproxy.net.context import ListenerContext
-
-
-class TlsFacts(Protocol):
-    """What a listener that terminates TLS tells about a client's handshake
-    (``transport.get_extra_info("tls")``)."""
-
-    @property
-    def version(self) -> str: ...  # e.g. "TLSv1.3"
-
-    @property
-    def cipher(self) -> str: ...  # OpenSSL's name
-
-    @property
-    def sni(self) -> str | None: ...
+    from edgeproxy.net.tls_info import TlsInfo
 
 
 class _Upstream(asyncio.Protocol):
@@ -141,7 +128,7 @@ class TcpConnection(asyncio.Protocol):
         self.header_reader: ClientAddressReader | None = None
         self.hello: ClientHelloReader | None = None  # while the ClientHello is read (sni routes)
         self.sni: str | None = None  # the server name the client asked for, once known
-        self.tls: TlsFacts | None = None  # the handshake, on a listener that terminates TLS
+        self.tls: TlsInfo | None = None  # the handshake, on a listener that terminates TLS
         self.bytes_in = 0
         self.bytes_out = 0
         self.client_eof = False
@@ -160,11 +147,11 @@ class TcpConnection(asyncio.Protocol):
         local = t.get_extra_info("sockname")
         self.client = (peer[0], peer[1])
         self.dest = (local[0], local[1])
-        if ctx.tls_terminated:
-            self.tls = t.get_extra_info("tls")
+        if ctx.tls is not None:  # terminated here: the handshake's facts (net/tls_info.TlsInfo)
+            self.tls = cast("TlsInfo | None", t.get_extra_info("tls"))
             if self.tls is not None:
                 self.sni = self.tls.sni
-        if ctx.must_send_proxy_header(peer[0]):
+        if ctx.tls is None and ctx.must_send_proxy_header(peer[0]):  # (with tls: read by net/tls.py)
             self.header_reader = ClientAddressReader(ctx, self)
         elif ctx.peek_hello:
             self.hello = ClientHelloReader()
