@@ -19,14 +19,20 @@ def free_port() -> int:
 
 
 def http_get(
-    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 2.0, *, tls: bool = False
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 2.0,
+    *,
+    tls: bool = False,
+    sni: str = "bench.test",
 ) -> tuple[int, bytes]:
     """One HTTP/1.1 request on a fresh connection (``tls``: HTTPS, the certificate not checked);
     (status, body). Raises OSError/ValueError on failure."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n{extra}Connection: close\r\n\r\n".encode()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain:
-        s: socket.socket = _UNVERIFIED.wrap_socket(plain, server_hostname="bench.test") if tls else plain
+        s: socket.socket = _UNVERIFIED.wrap_socket(plain, server_hostname=sni) if tls else plain
         s.sendall(req)
         chunks = []
         while data := s.recv(65536):
@@ -40,7 +46,13 @@ def http_get(
 
 
 def wait_http(
-    port: int, path: str, timeout: float, alive: Callable[[], bool] = lambda: True, *, tls: bool = False
+    port: int,
+    path: str,
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+    *,
+    tls: bool = False,
+    sni: str = "bench.test",
 ) -> str | None:
     """Wait until ``GET path`` answers 200; None when it does, else the last error seen.
     Gives up early once ``alive()`` says the server process has exited."""
@@ -50,7 +62,7 @@ def wait_http(
         if not alive():
             return f"exited: {error}"
         try:
-            status, _ = http_get(port, path, timeout=1.0, tls=tls)
+            status, _ = http_get(port, path, timeout=1.0, tls=tls, sni=sni)
             if status == 200:
                 return None
             error = f"HTTP {status}"

@@ -1,4 +1,5 @@
-"""The scenarios of issue 6 (1-7) and of TLS termination (issue 13: 8-11), and the bar each ratio is held to."""
+"""The scenarios of issue 6 (1-7), of TLS termination (issue 13: 8-11) and SNI passthrough (issue 13:
+12), and the bar each ratio is held to."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Scenario:
     target: Target
     kind: str = "wrk"  # wrk | idle
     path: str = "/small"
-    backend: str = "http"  # http | proxy_protocol (which nginx server)
+    backend: str = "http"  # http | proxy_protocol | tls_proxy_protocol (which nginx server)
     send_proxy: bool = False
     connections: int = 50
     headers: dict[str, str] = field(default_factory=dict)
@@ -43,6 +44,9 @@ class Scenario:
     reload_every: float | None = None
     idle_count: int = 10_000
     tls: str | None = None  # terminate HTTPS with this key type's certificate (benchmarks/tls_certs.py)
+    # TLS through the proxy, not terminated: wrk speaks HTTPS to this server name, which an SNI
+    # route sends to the backend (the listener's default backend is a dead one).
+    sni: str | None = None
 
 
 SCENARIOS = [
@@ -69,6 +73,9 @@ SCENARIOS = [
              Target("cpu_ratio", 1.2, 1.0), headers={"Connection": "close"}, tls="ecdsa"),
     Scenario("11", "https-handshake-rsa", "HTTPS, new TLS connection per request, RSA 2048", "http",
              Target("cpu_ratio", 1.2, 1.0), headers={"Connection": "close"}, tls="rsa"),
+    Scenario("12", "tls-passthrough", "TLS passthrough by SNI + PROXY v2, new TLS connection per request", "tcp",
+             Target("cpu_ratio", 1.2, 1.0), backend="tls_proxy_protocol", send_proxy=True, sni="localhost",
+             headers={"Connection": "close"}),
 ]  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
+from edgeproxy.config.files import FileReader, ca_certificates, read_from_disk
 from edgeproxy.config.model import (
     ACME_SWARM_STORAGE,
     DEFAULT_UPGRADES,
@@ -35,6 +36,7 @@ from edgeproxy.config.model import (
     AcmeConfig,
     AdminConfig,
     Backend,
+    BackendTLS,
     CertificateFiles,
     Config,
     Forwarded,
@@ -315,7 +317,11 @@ _LISTENER_KEYS = (
 _TLS_KEYS = ("certificates", "acme", "min_version", "alpn", "hsts")
 _REDIRECT_AUTO = 0  # redirect_https: true, until the TLS port is known (all_listeners)
 _ACME_KEYS = ("directory", "email", "storage", "ca", "renew_before", "encryption_key")
-_BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm")
+_BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm", "tls")
+_BACKEND_TLS_KEYS = ("verify", "ca", "sni")
+# A TLS server name (SNI): DNS labels; "_" too, as the ClientHello reader (proto/tls_hello.py)
+# takes it and some internal names carry it.
+_SNI_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _HEALTH_KEYS = ("type", "interval", "timeout", "rise", "fall", "path", "expect", "port")
 
 
@@ -340,8 +346,9 @@ class _Binds:
 
 
 class _Builder:
-    def __init__(self, r: _Reader) -> None:
+    def __init__(self, r: _Reader, read_file: FileReader) -> None:
         self.r = r
+        self.read_file = read_file  # files the config names (config/files.py)
         self.backends: dict[str, Backend] = {}
         self.health_set: set[str] = set()  # backends with an explicit health section
         self.swarm: SwarmConfig | None = None
@@ -426,6 +433,8 @@ class _Builder:
                 self.r.error(
                     node, path, f"backend {clip(ref)} has send_proxy: v1, which has no datagram form; use v2 for udp"
                 )
+            if be is not None and be.tls is not None:
+                self.r.error(node, path, f"backend {clip(ref)} has tls, which udp does not speak")
         return ref
 
     def listener(self, node: Node, index: int) -> Listener:
@@ -460,9 +469,10 @@ class _Builder:
         backend = self.r.optional(f, "backend", path, lambda n, p: self.reference(n, p, udp=udp), None)
         routes: tuple[Route, ...] = ()
         if "routes" in f:
-            if mode != "http":
-                self.r.error(f["routes"], f"{path}.routes", f"routes need mode: http (this listener is {mode})")
-            routes = tuple(self.r.each(f["routes"], f"{path}.routes", lambda n, p: self.route(n, p, udp=udp)))
+            if udp:
+                self.r.error(f["routes"], f"{path}.routes", "routes need mode: http or tcp (this listener is udp)")
+            else:
+                routes = tuple(self.r.each(f["routes"], f"{path}.routes", lambda n, p: self.route(n, p, mode=mode)))
         if backend is None and not routes and "backend" not in f:
             self.r.error(node, path, "missing 'backend' (the default backend of this listener)")
         accept_proxy = None
@@ -653,11 +663,23 @@ class _Builder:
 
         return tuple(self.r.each(node, path, one))
 
-    def route(self, node: Node, path: str, *, udp: bool) -> Route:
-        f = self.r.mapping(node, path, ("host", "path_prefix", "backend"))
+    def route(self, node: Node, path: str, *, mode: str) -> Route:
+        """http: ``host`` and/or ``path_prefix``; tcp: ``sni`` (the mode decides, as SPEC.md)."""
+        f = self.r.mapping(node, path, ("host", "path_prefix", "sni", "backend"))
         if "backend" not in f:
             raise self.r.fail(node, path, "missing 'backend'")
-        backend = self.reference(f["backend"], f"{path}.backend", udp=udp)
+        backend = self.reference(f["backend"], f"{path}.backend", udp=False)
+        if mode == "tcp":
+            wrong = [key for key in ("host", "path_prefix") if key in f]
+            for key in wrong:
+                self.r.error(f[key], f"{path}.{key}", "a tcp route matches the TLS server name: use 'sni'")
+            if "sni" not in f:
+                if not wrong:
+                    self.r.error(node, path, "a tcp route needs 'sni' (the TLS server name, e.g. db.example.com)")
+                raise _Invalid()
+            return Route(backend=backend, sni=self.server_name(f["sni"], f"{path}.sni", wildcard=True))
+        if "sni" in f:
+            raise self.r.fail(f["sni"], f"{path}.sni", "sni routes need mode: tcp (an http route has host/path_prefix)")
         host = self.r.optional(f, "host", path, self.r.text, None)
         prefix = self.r.optional(f, "path_prefix", path, self.r.text, None)
         if prefix is not None and not prefix.startswith("/"):
@@ -748,7 +770,42 @@ class _Builder:
             health=r.optional(f, "health", path, self.health, Health()),
             servers=tuple(r.optional(f, "servers", path, lambda n, p: r.each(n, p, self.server), [])),
             swarm=r.optional(f, "swarm", path, self.swarm_ref, None),
+            tls=r.optional(f, "tls", path, self.backend_tls, None),
         )
+
+    def backend_tls(self, node: Node, path: str) -> BackendTLS | None:
+        """``backends.X.tls``: ``{}`` or ``true`` is TLS with the defaults, ``off`` none."""
+        r = self.r
+        if _is_word(node, TRUE_WORDS):
+            return BackendTLS()
+        if _is_word(node, FALSE_WORDS):
+            return None
+        f = r.mapping(node, path, _BACKEND_TLS_KEYS)
+        ca = r.optional(f, "ca", path, r.text, None)
+        ca_pem = b""
+        if ca is not None:
+            try:
+                ca_pem = ca_certificates(self.read_file, ca)
+            except ValueError as e:
+                r.error(f["ca"], f"{path}.ca", str(e))
+        return BackendTLS(
+            verify=r.optional(f, "verify", path, r.boolean, True),
+            ca=ca,
+            ca_pem=ca_pem,
+            sni=r.optional(f, "sni", path, lambda n, p: self.server_name(n, p, wildcard=False), None),
+        )
+
+    def server_name(self, node: Node, path: str, *, wildcard: bool) -> str:
+        """A TLS server name: a DNS name, lower-cased; ``*.example.com`` (one label) if ``wildcard``."""
+        name = self.r.text(node, path).lower().rstrip(".")
+        base = name[2:] if wildcard and name.startswith("*.") else name
+        labels = base.split(".")
+        if not base or len(base) > 253 or not all(_SNI_LABEL.fullmatch(label) for label in labels):
+            form = " or *.example.com" if wildcard else ""
+            raise self.r.fail(node, path, f"{clip(name)} is not a DNS name (e.g. example.com{form})")
+        if labels[-1].isdigit():
+            raise self.r.fail(node, path, f"{clip(name)} is an IP address: a TLS server name (SNI) is a DNS name")
+        return name
 
     def all_backends(self, node: Node, path: str) -> None:
         for name, _key_node, value_node in self.r.items(node, path):
@@ -819,14 +876,17 @@ def load_config(path: str) -> Config:
     return parse_config(raw, path)
 
 
-def parse_config(raw: bytes, path: str = "<config>", *, libyaml: bool | None = None) -> Config:
+def parse_config(
+    raw: bytes, path: str = "<config>", *, libyaml: bool | None = None, read_file: FileReader = read_from_disk
+) -> Config:
     """Validate a whole file: a ``Config``, or ``ConfigError`` with every problem and its line.
 
     ``libyaml`` forces (True) or avoids (False) PyYAML's C parser; by default it is used when
     present. The result is the same either way (tests/unit/test_config_total.py).
+    ``read_file`` reads the files the config names (a backend's ``tls.ca``; config/files.py).
     """
     try:
-        return _parse(raw, path, libyaml)
+        return _parse(raw, path, libyaml, read_file)
     except ConfigError:
         raise
     except Exception as e:  # the last resort of a total function; fuzzing makes sure it is never reached
@@ -836,7 +896,7 @@ def parse_config(raw: bytes, path: str = "<config>", *, libyaml: bool | None = N
         raise ConfigError([issue]) from None
 
 
-def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
+def _parse(raw: bytes, path: str, libyaml: bool | None, read_file: FileReader) -> Config:
     r = _Reader(path)
     try:
         tree = read_tree(raw, libyaml=libyaml)
@@ -848,7 +908,7 @@ def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
     if root is None or _is_null(root):
         r.error(1, "", "the file is empty: it needs at least 'listeners' and 'backends'")
         raise ConfigError(r.issues)
-    b = _Builder(r)
+    b = _Builder(r, read_file)
     try:
         top = r.mapping(root, "", _TOP_KEYS)
     except _Invalid:

@@ -78,9 +78,13 @@ class Forwarded:
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """http: by ``host`` and ``path_prefix``; tcp: by ``sni``, the TLS server name the client
+    asks for (read from its ClientHello, without terminating)."""
+
     backend: str
     host: str | None = None  # lower-case, no port
     path_prefix: str | None = None
+    sni: str | None = None  # lower-case; "*.example.com" matches one label
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,16 @@ class SwarmRef:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTLS:
+    """``backends.X.tls``: connections to the servers are TLS (re-encrypt)."""
+
+    verify: bool = True  # the server's certificate chain and name are checked
+    ca: str | None = None  # the file of trusted CA certificates; None: the system's
+    ca_pem: bytes = field(default=b"", repr=False)  # its certificates, read when the file is loaded
+    sni: str | None = None  # the name sent and checked; None: the server's host when it is a name
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     name: str
     balance: BalanceName = "roundrobin"
@@ -158,6 +172,7 @@ class Backend:
     health: Health = field(default_factory=Health)
     servers: tuple[ServerConfig, ...] = ()
     swarm: SwarmRef | None = None
+    tls: BackendTLS | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +224,12 @@ class Config:
     user: User | None = None  # the data plane's, when started as root (runtime/privileges.py)
     swarm: SwarmConfig | None = None
     acme: AcmeConfig | None = None
+
+    def files(self) -> dict[str, bytes]:
+        """The contents of the files this config names that the data plane needs (a backend's
+        ``tls.ca``), by path, as the loader read them: what the supervisor sends a worker, which
+        does not open files itself (ARCHITECTURE.md)."""
+        return {b.tls.ca: b.tls.ca_pem for b in self.backends.values() if b.tls is not None and b.tls.ca is not None}
 
     def acme_names(self) -> tuple[str, ...]:
         """Every ``tls.acme`` name of every listener, first listed first, each once."""

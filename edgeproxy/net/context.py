@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from edgeproxy.config import Listener, Route, Timeouts
 from edgeproxy.pools import BackendPool
 from edgeproxy.proto.forwarded import ForwardingPolicy
+from edgeproxy.proto.names import NameTable
 from edgeproxy.proto.routing import RouteTable
 from edgeproxy.stats import ListenerStats
 from edgeproxy.tls.contexts import ListenerContexts
@@ -84,9 +85,21 @@ class ListenerContext:
             self._build_routes()
 
     def _build_routes(self) -> None:
-        routes = (*self.listener.routes, *self._extra_routes)
+        listener = self.listener
+        if listener.mode == "tcp":
+            # tcp: routes by the TLS server name; a label's http route has no meaning here.
+            names = [((r.sni,), r.backend) for r in listener.routes if r.sni is not None]
+            self.sni_table: NameTable[str] | None = NameTable(names) if names else None
+            # Where the server name comes from: the ClientHello, read before relaying it
+            # untouched, or (a listener that terminates TLS) the handshake's own.
+            self.peek_hello = self.sni_table is not None and self.tls is None
+            self.route_table = None
+            return
+        self.sni_table = None
+        self.peek_hello = False
+        routes = (*listener.routes, *self._extra_routes)
         # None: no routes at all, every request goes to the listener's backend without a lookup.
-        self.route_table = RouteTable(routes, self.listener.backend) if routes else None
+        self.route_table = RouteTable(routes, listener.backend) if routes else None
 
     def must_send_proxy_header(self, peer_ip: str) -> bool:
         if not self.trusted_proxies:
@@ -94,8 +107,11 @@ class ListenerContext:
         addr = ipaddress.ip_address(peer_ip.partition("%")[0])
         return any(addr in net for net in self.trusted_proxies)
 
-    def pool_for_connection(self) -> BackendPool | None:
-        name = self.listener.backend
+    def pool_for_connection(self, sni: str | None = None) -> BackendPool | None:
+        """tcp: the pool for a connection whose client asked for server name ``sni``: the ``sni``
+        route that names it (exact, then wildcard: proto/names.py), else the listener's backend."""
+        table = self.sni_table
+        name = self.listener.backend if table is None else table.lookup(sni) or self.listener.backend
         return self.pools.get(name) if name is not None else None
 
     def pool_for_request(self, host: bytes | None, path: bytes) -> BackendPool | None:

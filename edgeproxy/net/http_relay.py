@@ -418,7 +418,7 @@ class HttpConnection(asyncio.Protocol):
         if conn is not None:
             server.acquire()
             self.server = server
-            self._dispatch(conn, rest, b"", now)
+            self._dispatch(conn, rest, now)
         else:
             self.held = rest
             self._connect_to(pool, server, now)
@@ -510,7 +510,10 @@ class HttpConnection(asyncio.Protocol):
     async def _connected(self, pool: BackendPool, server: Server | None) -> None:
         started = self.loop.time()
         tried = self.tried
-        result = await connect_upstream(self.ctx, pool, self.client[0], self._upstream, first=server, exclude=tried)
+        header = pool.proxy_header(self.client, self.dest)
+        result = await connect_upstream(
+            self.ctx, pool, self.client[0], self._upstream, first=server, exclude=tried, header=header
+        )
         self.task = None
         if self.closed is not None:  # closed as the connect completed (close() cancels it otherwise)
             if result is not None:
@@ -525,17 +528,17 @@ class HttpConnection(asyncio.Protocol):
         self.connect_s = now - started
         rest, self.held = self.held, b""
         conn = cast(UpstreamConn, transport.get_protocol())
-        self._dispatch(conn, rest, pool.proxy_header(self.client, self.dest), now)
+        self._dispatch(conn, rest, now)
 
     def _upstream(self, server: Server) -> UpstreamConn:
         return UpstreamConn(server, self.loop.time)
 
-    def _dispatch(self, conn: UpstreamConn, rest: bytes, prefix: bytes, now: float) -> None:
+    def _dispatch(self, conn: UpstreamConn, rest: bytes, now: float) -> None:
         """Write the request head, and the body bytes already here, on ``conn``: the one way a
         request goes upstream (idle connection, new connection, sent again)."""
         self.upstream = conn
         self.sent_at = now
-        head = prefix + self.up_head if prefix else self.up_head
+        head = self.up_head
         if self.body_left:
             try:
                 out, after = self._frame(rest)

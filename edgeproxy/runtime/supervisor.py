@@ -154,7 +154,7 @@ class Supervisor(ControlRole):
         try:
             reply = await h.channel.request(
                 {
-                    **{"op": "config", "path": self.config.path, "raw": self.raw.decode()},
+                    **reload.worker_message("config", self.config, self.raw),
                     **{"certs": self.certs.to_wire(), "challenges": self.challenges},
                 },
                 timeout=START_TIMEOUT,
@@ -240,7 +240,7 @@ class Supervisor(ControlRole):
         live = self._live()
         for h in live:
             self._give_sockets(h, new.workers)
-        msg = {"op": "prepare", "path": new.path, "raw": raw.decode(), "certs": certs.to_wire()}
+        msg = {**reload.worker_message("prepare", new, raw), "certs": certs.to_wire()}
         replies = await asyncio.gather(*(self._request(h, msg, RELOAD_TIMEOUT) for h in live), return_exceptions=True)
         errors = []
         for h, r in zip(live, replies, strict=True):

@@ -135,7 +135,7 @@ class Worker:
         self._finish_pending(False)
         self._preparing, self._abort_prepared = True, False
         try:
-            config = per_worker(reload.parse(str(msg["raw"]).encode(), str(msg["path"])))
+            config = per_worker(reload.parse_message(msg))
             # (PEM from the supervisor, which read the files: this process may not be allowed to)
             certs = CertificateSet.from_wire(msg.get("certs") or {})
             if msg.get("challenges"):
