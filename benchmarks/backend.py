@@ -1,13 +1,17 @@
 """The backend: a private nginx (generated config, temp prefix) that is never the bottleneck.
 
-Three servers: plain HTTP (``/small`` fixed response, ``/10m`` a 10 MiB file, ``/whoami`` echoes
-X-Forwarded-For), and a ``listen ... proxy_protocol`` one for the TCP + PROXY rows whose
-``/whoami`` echoes the address the PROXY header carried. The system nginx is not touched.
+Four servers: plain HTTP (``/small`` fixed response, ``/10m`` a 10 MiB file, ``/whoami`` echoes
+X-Forwarded-For), a ``listen ... proxy_protocol`` one for the TCP + PROXY rows whose
+``/whoami`` echoes the address the PROXY header carried, and the same behind TLS (``ssl
+proxy_protocol``, a self-signed ECDSA P-256 certificate for ``localhost`` made by ``openssl``)
+for the SNI passthrough row, whose ``/whoami`` adds the server name it was asked for. The
+system nginx is not touched.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from benchmarks.netutil import free_port, wait_http
@@ -47,6 +51,14 @@ http {{
         location = /small {{ return 200 "{small}"; }}
         location = /whoami {{ return 200 "proxy=$proxy_protocol_addr\\n"; }}
     }}
+    server {{
+        listen 127.0.0.1:{tls_pp_port} ssl proxy_protocol backlog=4096;
+        ssl_certificate {dir}/localhost.pem;
+        ssl_certificate_key {dir}/localhost.key;
+        root {dir}/www;
+        location = /small {{ return 200 "{small}"; }}
+        location = /whoami {{ return 200 "proxy=$proxy_protocol_addr sni=$ssl_server_name\\n"; }}
+    }}
 }}
 """
 
@@ -64,6 +76,8 @@ class Nginx:
             p.chmod(0o755)
         self.http_port = free_port()
         self.pp_port = free_port()
+        self.tls_pp_port = free_port()
+        _self_signed(self.dir, "localhost")
         conf = self.dir / "nginx.conf"
         conf.write_text(
             _CONF.format(
@@ -72,6 +86,7 @@ class Nginx:
                 conns=nofile - 100,
                 http_port=self.http_port,
                 pp_port=self.pp_port,
+                tls_pp_port=self.tls_pp_port,
                 small=SMALL_BODY.replace("\n", "\\n"),
             )
         )
@@ -91,3 +106,14 @@ class Nginx:
     def stop(self) -> None:
         # SIGTERM is nginx's fast shutdown; SIGQUIT would wait for the keep-alive connections.
         self.proc.stop()
+
+
+def _self_signed(directory: Path, name: str) -> None:
+    """``<name>.pem`` and ``<name>.key``: a self-signed ECDSA P-256 certificate for ``name``."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+         "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.pem")],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    (directory / f"{name}.key").chmod(0o644)  # nginx's workers may run as another user

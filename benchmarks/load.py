@@ -55,6 +55,8 @@ def run_wrk(
     cpus: str | None,
     workdir: Path,
     every: tuple[float, Callable[[], None]] | None = None,
+    https: bool = False,
+    host: str = "127.0.0.1",
 ) -> WrkResult:
     """Run wrk for ``seconds``; ``every=(interval, fn)`` calls fn at that interval meanwhile."""
     script = workdir / "done.lua"
@@ -63,7 +65,7 @@ def run_wrk(
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
-    cmd += ["-s", str(script), f"http://127.0.0.1:{port}{path}"]
+    cmd += ["-s", str(script), f"{'https' if https else 'http'}://{host}:{port}{path}"]
     proc = subprocess.Popen(pinned(cmd, cpus), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + seconds + 30  # wrk ends by itself; this bounds a hung one
     next_tick = time.monotonic() + every[0] if every else float("inf")

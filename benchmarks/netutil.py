@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Callable
+
+_UNVERIFIED = ssl.create_default_context()
+_UNVERIFIED.check_hostname = False
+_UNVERIFIED.verify_mode = ssl.CERT_NONE  # the benchmark's self-signed certificate
 
 
 def free_port() -> int:
@@ -13,11 +18,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
-    """One HTTP/1.1 request on a fresh connection; (status, body). Raises OSError/ValueError on failure."""
+def http_get(
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 2.0,
+    *,
+    tls: bool = False,
+    sni: str = "bench.test",
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a fresh connection (``tls``: HTTPS, the certificate not checked);
+    (status, body). Raises OSError/ValueError on failure."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n{extra}Connection: close\r\n\r\n".encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain:
+        s: socket.socket = _UNVERIFIED.wrap_socket(plain, server_hostname=sni) if tls else plain
         s.sendall(req)
         chunks = []
         while data := s.recv(65536):
@@ -30,7 +45,15 @@ def http_get(port: int, path: str, headers: dict[str, str] | None = None, timeou
     return status, body
 
 
-def wait_http(port: int, path: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> str | None:
+def wait_http(
+    port: int,
+    path: str,
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+    *,
+    tls: bool = False,
+    sni: str = "bench.test",
+) -> str | None:
     """Wait until ``GET path`` answers 200; None when it does, else the last error seen.
     Gives up early once ``alive()`` says the server process has exited."""
     deadline = time.monotonic() + timeout
@@ -39,7 +62,7 @@ def wait_http(port: int, path: str, timeout: float, alive: Callable[[], bool] = 
         if not alive():
             return f"exited: {error}"
         try:
-            status, _ = http_get(port, path, timeout=1.0)
+            status, _ = http_get(port, path, timeout=1.0, tls=tls, sni=sni)
             if status == 200:
                 return None
             error = f"HTTP {status}"

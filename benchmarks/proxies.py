@@ -40,6 +40,9 @@ class Setup:
     send_proxy: bool = False
     workers: int = 1
     max_conns: int = 5000
+    tls_pem: str | None = None  # terminate TLS with this PEM file (certificate then key)
+    sni: str | None = None  # TLS passthrough routed by this server name (the backend speaks TLS)
+    dead_port: int = 9  # the default backend's server with ``sni``: nothing listens (discard)
 
 
 class Proxy:
@@ -61,18 +64,21 @@ class Proxy:
 
     def _ready(self, setup: Setup) -> None:
         """Wait until a request passes through, then check that the proxy did the scenario's work."""
-        error = wait_http(self.port, "/small", START_TIMEOUT, self.proc.alive)
+        tls = setup.tls_pem is not None
+        sni = setup.sni or "bench.test"
+        https = tls or setup.sni is not None  # terminated here, or passed through to nginx
+        error = wait_http(self.port, "/small", START_TIMEOUT, self.proc.alive, tls=https, sni=sni)
         if error is not None:
             tail = self.proc.log_tail(10).splitlines()
             alerts = [line for line in tail if "ALERT" in line or '"error"' in line] or tail[-2:]
             self.stop()
             raise Skip(f"{self.name} did not serve ({error}): {_short(' '.join(alerts))}")
         if setup.mode == "http":
-            _, body = http_get(self.port, "/whoami", {"X-Forwarded-For": "203.0.113.66"})
+            _, body = http_get(self.port, "/whoami", {"X-Forwarded-For": "203.0.113.66"}, tls=tls)
             expect = b"xff=127.0.0.1\n"
         elif setup.send_proxy:
-            _, body = http_get(self.port, "/whoami")
-            expect = b"proxy=127.0.0.1\n"
+            _, body = http_get(self.port, "/whoami", tls=setup.sni is not None, sni=sni)
+            expect = b"proxy=127.0.0.1\n" if setup.sni is None else f"proxy=127.0.0.1 sni={setup.sni}\n".encode()
         else:
             return
         if body != expect:
@@ -129,15 +135,28 @@ def haproxy_config(setup: Setup, port: int) -> str:
         # old worker answers that request with "Connection: close", as edgeproxy's drain does.
         *(["    option idle-close-on-response"] if http else []),
         "frontend bench",
-        f"    bind 127.0.0.1:{port}",
+        f"    bind 127.0.0.1:{port}" + (f" ssl crt {setup.tls_pem} alpn http/1.1" if setup.tls_pem else ""),
         f"    maxconn {setup.max_conns}",
         *(["    option forwardfor", "    http-request del-header X-Forwarded-For"] if http else []),
-        "    default_backend nginx",
+        *_haproxy_sni(setup),
         "backend nginx",
         f"    {server}",
+        *(["backend dead", f"    server dead 127.0.0.1:{setup.dead_port}"] if setup.sni else []),
         "",
     ]
     return "\n".join(lines)
+
+
+def _haproxy_sni(setup: Setup) -> list[str]:
+    """The frontend's routing: by the ClientHello's SNI (HAProxy's documented recipe), or none."""
+    if setup.sni is None:
+        return ["    default_backend nginx"]
+    return [
+        "    tcp-request inspect-delay 5s",
+        "    tcp-request content accept if { req.ssl_hello_type 1 }",
+        f"    use_backend nginx if {{ req.ssl_sni -i {setup.sni} }}",
+        "    default_backend dead",
+    ]
 
 
 class EdgeProxy(Proxy):
@@ -191,18 +210,25 @@ def edgeproxy_config(setup: Setup, port: int) -> dict[str, Any]:
     }
     if setup.mode == "http":
         listener["forwarded"] = {"headers": ["x-forwarded-for"]}
+    if setup.tls_pem:
+        listener["tls"] = {"certificates": [setup.tls_pem]}
+    backends: dict[str, Any] = {
+        "nginx": {
+            "send_proxy": "v2" if setup.send_proxy else "none",
+            "health": {"type": "none"},
+            "servers": [f"127.0.0.1:{setup.backend_port}"],
+        }
+    }
+    if setup.sni is not None:
+        listener["backend"] = "dead"
+        listener["routes"] = [{"sni": setup.sni, "backend": "nginx"}]
+        backends["dead"] = {"health": {"type": "none"}, "servers": [f"127.0.0.1:{setup.dead_port}"]}
     return {
         "workers": setup.workers,
         "log": {"level": "info", "access": "off"},
         "timeouts": {"connect": "5s", "client_idle": "300s", "server_idle": "300s", "drain": "5s"},
         "listeners": [listener],
-        "backends": {
-            "nginx": {
-                "send_proxy": "v2" if setup.send_proxy else "none",
-                "health": {"type": "none"},
-                "servers": [f"127.0.0.1:{setup.backend_port}"],
-            }
-        },
+        "backends": backends,
     }
 
 

@@ -14,6 +14,7 @@ from benchmarks.load import IdleClients, WrkResult, run_wrk
 from benchmarks.procs import RssSampler, cpu_seconds, rss_kib
 from benchmarks.proxies import PROXIES, Proxy, Setup, Skip
 from benchmarks.scenarios import Scenario
+from benchmarks.tls_certs import certificate_file
 
 MIB = 1024 * 1024
 IDLE_MARGIN = 100  # connections below the proxies' limit that scenario 5 stays
@@ -63,10 +64,11 @@ class ProxyOutcome:
 
 
 def run_scenario(sc: Scenario, nginx: Nginx, opts: Options) -> dict[str, ProxyOutcome]:
-    port = nginx.pp_port if sc.backend == "proxy_protocol" else nginx.http_port
+    port = {"proxy_protocol": nginx.pp_port, "tls_proxy_protocol": nginx.tls_pp_port}.get(sc.backend, nginx.http_port)
     count = idle_count(sc, opts)
+    pem = str(certificate_file(opts.workdir, sc.tls)) if sc.tls else None
     setup = Setup(mode=sc.mode, backend_port=port, send_proxy=sc.send_proxy, workers=sc.workers,
-                  max_conns=opts.max_conns)  # fmt: skip
+                  max_conns=opts.max_conns, tls_pem=pem, sni=sc.sni)  # fmt: skip
     cpus = opts.multi_cpus if sc.workers > 1 else opts.proxy_cpus
     outcomes: dict[str, ProxyOutcome] = {}
     running: dict[str, Proxy] = {}
@@ -130,7 +132,8 @@ def _wrk(sc: Scenario, proxy: Proxy, opts: Options, seconds: float, reload: bool
 
     every = (sc.reload_every, do_reload) if reload and sc.reload_every else None
     res = run_wrk(proxy.port, sc.path, connections=sc.connections, seconds=seconds, headers=sc.headers,
-                  cpus=opts.load_cpus, workdir=opts.workdir, every=every)  # fmt: skip
+                  cpus=opts.load_cpus, workdir=opts.workdir, every=every,
+                  https=sc.tls is not None or sc.sni is not None, host=sc.sni or "127.0.0.1")  # fmt: skip
     return res, reloads
 
 

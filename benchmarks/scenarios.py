@@ -1,4 +1,5 @@
-"""The seven scenarios of issue 6, and the bar each ratio is held to."""
+"""The scenarios of issue 6 (1-7), of TLS termination (issue 13: 8-11) and SNI passthrough (issue 13:
+12), and the bar each ratio is held to."""
 
 from __future__ import annotations
 
@@ -35,13 +36,17 @@ class Scenario:
     target: Target
     kind: str = "wrk"  # wrk | idle
     path: str = "/small"
-    backend: str = "http"  # http | proxy_protocol (which nginx server)
+    backend: str = "http"  # http | proxy_protocol | tls_proxy_protocol (which nginx server)
     send_proxy: bool = False
     connections: int = 50
     headers: dict[str, str] = field(default_factory=dict)
     workers: int = 1
     reload_every: float | None = None
     idle_count: int = 10_000
+    tls: str | None = None  # terminate HTTPS with this key type's certificate (benchmarks/tls_certs.py)
+    # TLS through the proxy, not terminated: wrk speaks HTTPS to this server name, which an SNI
+    # route sends to the backend (the listener's default backend is a dead one).
+    sni: str | None = None
 
 
 SCENARIOS = [
@@ -58,6 +63,19 @@ SCENARIOS = [
              Target("scaling", 1.8, 1.8, lower_is_better=False), workers=2),
     Scenario("7", "http-reload", "scenario 1 with a reload every second", "http", Target("errors", 0, 0),
              reload_every=1.0),
+    # TLS termination (issue 13): the same certificate in both proxies; wrk does a full handshake
+    # on each new connection (it keeps no session), so 10/11 measure handshakes without resumption.
+    Scenario("8", "https-keepalive-ecdsa", "HTTPS keep-alive + XFF, ECDSA P-256", "http",
+             Target("cpu_ratio", 1.5, 1.0), tls="ecdsa"),
+    Scenario("9", "https-keepalive-rsa", "HTTPS keep-alive + XFF, RSA 2048", "http",
+             Target("cpu_ratio", 1.5, 1.0), tls="rsa"),
+    Scenario("10", "https-handshake-ecdsa", "HTTPS, new TLS connection per request, ECDSA P-256", "http",
+             Target("cpu_ratio", 1.2, 1.0), headers={"Connection": "close"}, tls="ecdsa"),
+    Scenario("11", "https-handshake-rsa", "HTTPS, new TLS connection per request, RSA 2048", "http",
+             Target("cpu_ratio", 1.2, 1.0), headers={"Connection": "close"}, tls="rsa"),
+    Scenario("12", "tls-passthrough", "TLS passthrough by SNI + PROXY v2, new TLS connection per request", "tcp",
+             Target("cpu_ratio", 1.2, 1.0), backend="tls_proxy_protocol", send_proxy=True, sni="localhost",
+             headers={"Connection": "close"}),
 ]  # fmt: skip
 
 

@@ -17,19 +17,38 @@ def _load_or_report(path: str) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as e:
-        for issue in e.issues:
-            print(issue, file=sys.stderr)
-        n = len(e.issues)
-        print(f"{printable(path)}: {n} error{'s' if n != 1 else ''}; configuration NOT valid", file=sys.stderr)
+        _report(path, e.issues)
         return None
+
+
+def _report(path: str, issues: Sequence[object]) -> None:
+    for issue in issues:
+        print(issue, file=sys.stderr)
+    n = len(issues)
+    print(f"{printable(path)}: {n} error{'s' if n != 1 else ''}; configuration NOT valid", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
-    if config is None:
+    if config is None or not _certificates_or_report(config):
         return 1
     print(config.summary())
     return 0
+
+
+def _certificates_or_report(config: Config) -> bool:
+    """The TLS certificate files read and checked as a start or reload would (missing, unreadable,
+    key not matching, expired: errors; expiring within 14 days: a warning)."""
+    from edgeproxy.tls.files import CertificateFilesError, read_certificates
+
+    try:
+        _, warnings = read_certificates(config)
+    except CertificateFilesError as e:
+        _report(config.path, e.issues)
+        return False
+    for w in warnings:
+        print(w, file=sys.stderr)
+    return True
 
 
 def cmd_run(args: argparse.Namespace) -> int:

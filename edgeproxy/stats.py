@@ -47,6 +47,8 @@ class ListenerStats:
         "evictions",
         "request_duration",
         "requests",
+        "tls_handshakes_failed",
+        "tls_handshakes_ok",
         "udp_dropped",
         "udp_errors",
         "udp_refused",
@@ -60,6 +62,9 @@ class ListenerStats:
         self.requests: dict[int, int] = {}  # http: responses by status code
         self.request_duration = Histogram()  # http: first byte of request -> last byte of response
         self.connect_time = Histogram()  # upstream connect() duration
+        # tls: handshakes completed, and those that did not (bad hello, refused, timed out, cut)
+        self.tls_handshakes_ok = 0
+        self.tls_handshakes_failed = 0
         # udp: connections_total counts flows; datagrams as received from / sent to clients.
         self.datagrams_in = 0
         self.datagrams_out = 0

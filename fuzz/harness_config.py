@@ -10,6 +10,7 @@ again by the pure-Python parser (config/yamltree.py), so refusals always read th
 
 from __future__ import annotations
 
+import errno
 import re
 
 from edgeproxy.config import Config, ConfigError, parse_config
@@ -17,10 +18,25 @@ from edgeproxy.config.yamltree import have_libyaml
 
 _LINE = re.compile(r"fuzz\.yaml:[1-9][0-9]*: ")
 
+# The files a fuzzed config may name (a backend's ``tls.ca``): a fixed set, so that a run never
+# reads the machine's files and gives the same outcome everywhere.
+_FILES = {
+    "empty.pem": b"",
+    "junk.pem": b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    "text.pem": b"# a comment only\n",
+}
+
+
+def read_file(path: str) -> bytes:
+    found = _FILES.get(path)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+    return found
+
 
 def outcome(data: bytes, *, libyaml: bool) -> Config | str:
     try:
-        return parse_config(data, "fuzz.yaml", libyaml=libyaml)
+        return parse_config(data, "fuzz.yaml", libyaml=libyaml, read_file=read_file)
     except ConfigError as e:
         internal = [i for i in e.issues if i.internal]
         if internal:

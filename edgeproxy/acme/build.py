@@ -9,7 +9,7 @@ await manager.close()
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from edgeproxy.acme.board import ChallengeBoard, ChallengeType
 from edgeproxy.acme.client import AcmeClient
@@ -28,10 +28,11 @@ SWARM_PUBLISH_WAIT = 2.0
 edge nodes load it on the configs' create event, well within this on a healthy swarm."""
 
 
-def acme_name_sets(config: Config) -> list[list[str]]:
+def acme_name_sets(config: Config, labelled: Iterable[str] = ()) -> list[list[str]]:
     """One certificate per name (as Caddy does): a name that fails does not hold back the others,
-    and a name added by a label gets its own certificate."""
-    return [[name] for name in config.acme_names()]
+    and a name added by a label (``labelled``: services with ``edgeproxy.tls=true``) gets its own
+    certificate."""
+    return [[name] for name in dict.fromkeys((*config.acme_names(), *labelled))]
 
 
 def build_storage(acme: AcmeConfig, swarm: SwarmConfig | None, instance: str) -> Storage:
@@ -50,6 +51,7 @@ def build_manager(
     board: ChallengeBoard,
     *,
     on_certificate: Callable[[str, Certificate], None] | None = None,
+    on_board: Callable[[], Awaitable[None]] | None = None,
     prefer: Sequence[ChallengeType] = ("http-01", "tls-alpn-01"),
 ) -> AcmeManager | None:
     acme = config.acme
@@ -65,7 +67,12 @@ def build_manager(
     )
     storage = build_storage(acme, config.swarm, instance)
     manager = AcmeManager(
-        AcmeClient(acme.directory, ca_file=acme.ca), storage, board, settings, on_certificate=on_certificate
+        AcmeClient(acme.directory, ca_file=acme.ca),
+        storage,
+        board,
+        settings,
+        on_certificate=on_certificate,
+        on_board=on_board,
     )
     manager.want(acme_name_sets(config))
     return manager

@@ -29,7 +29,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from edgeproxy.acme.board import Challenge, ChallengeBoard, ChallengeType
@@ -105,6 +105,7 @@ class AcmeManager:
         settings: Settings,
         *,
         on_certificate: Callable[[str, Certificate], None] | None = None,
+        on_board: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
         rand: Random = random.random,
     ) -> None:
@@ -113,6 +114,9 @@ class AcmeManager:
         self.board = board
         self.settings = settings
         self.on_certificate = on_certificate
+        # Awaited after every change of the board, before the CA is told to look: the composition
+        # root pushes the board to the workers there (a validation must find every worker ready).
+        self.on_board = on_board
         self.clock = clock
         self.rand = rand
         self.managed: dict[str, _Managed] = {}
@@ -295,6 +299,11 @@ class AcmeManager:
             account = await self._get_account(stale=account)  # the CA forgot it: register the key again
             pending = await asyncio.to_thread(self.client.order, account, m.names, key, prefer)
         await self._publish(pending.challenges)
+        log.info(
+            "acme: asking the CA to validate",
+            certificate=m.id,
+            challenges=",".join(sorted({c.type for c in pending.challenges})) or "none (authorized already)",
+        )
         try:
             if self.storage.shared and pending.challenges and self.settings.publish_wait:
                 await asyncio.sleep(self.settings.publish_wait)
@@ -336,16 +345,22 @@ class AcmeManager:
     async def _publish(self, challenges: Sequence[Challenge]) -> None:
         self._own.update(challenges)
         self.board.set_source(OWN, self._own)
+        await self._board_moved()
         await self.storage.publish(challenges)
 
     async def _withdraw(self, challenges: Sequence[Challenge]) -> None:
         self._own.difference_update(challenges)
         self.board.set_source(OWN, self._own)
+        await self._board_moved()
         try:
             await self.storage.withdraw(challenges)
         except StorageError as e:
             self.storage_errors += 1
             log.warning("acme: could not withdraw challenges (cleaned up later)", error=str(e))
+
+    async def _board_moved(self) -> None:
+        if self.on_board is not None:
+            await self.on_board()
 
     async def _save_status(self, m: _Managed) -> None:
         try:
@@ -419,6 +434,7 @@ class AcmeManager:
                 changed.clear()
                 try:
                     self.board.set_source(SHARED, await self.storage.published())
+                    await self._board_moved()
                     self._stored = await self.storage.load_certificates()
                     for m in self.managed.values():
                         self._adopt(m, self._stored.get(m.id))

@@ -25,7 +25,17 @@ ListenerCounts = Mapping[str, tuple[ListenerStats, int]]  # counters and open co
 
 # ListenerStats fields with a name and shape of their own; any other int or Histogram field a
 # mode adds (udp datagrams, for example) is exported generically by ``listener_families``.
-_KNOWN_FIELDS = {"connections_total", "bytes_in", "bytes_out", "ended", "requests", "request_duration", "connect_time"}
+_KNOWN_FIELDS = {
+    "connections_total",
+    "bytes_in",
+    "bytes_out",
+    "ended",
+    "requests",
+    "request_duration",
+    "connect_time",
+    "tls_handshakes_ok",
+    "tls_handshakes_failed",
+}
 
 
 def listener_families(listeners: ListenerCounts) -> list[Family]:
@@ -36,6 +46,7 @@ def listener_families(listeners: ListenerCounts) -> list[Family]:
     reqs = Family("edgeproxy_requests_total", "counter", "HTTP responses sent to clients, by status code")
     duration = Family("edgeproxy_request_duration_seconds", "histogram", "HTTP request: first byte in to last byte out")
     connect = Family("edgeproxy_upstream_connect_seconds", "histogram", "Time to connect to a server")
+    handshakes = Family("edgeproxy_tls_handshakes_total", "counter", "TLS handshakes on listeners with tls, by result")
     extra: dict[str, Family] = {}
     for name, (stats, n_active) in listeners.items():
         conns.add(stats.connections_total, listener=name)
@@ -48,6 +59,9 @@ def listener_families(listeners: ListenerCounts) -> list[Family]:
             reqs.add(n, listener=name, code=str(code))
         duration.histogram(stats.request_duration, listener=name)
         connect.histogram(stats.connect_time, listener=name)
+        if stats.tls_handshakes_ok or stats.tls_handshakes_failed:
+            handshakes.add(stats.tls_handshakes_ok, listener=name, result="ok")
+            handshakes.add(stats.tls_handshakes_failed, listener=name, result="failed")
         for field, value in _other_fields(stats):
             if isinstance(value, Histogram):
                 metric = f"edgeproxy_listener_{field}_seconds"
@@ -57,7 +71,7 @@ def listener_families(listeners: ListenerCounts) -> list[Family]:
                 metric = f"edgeproxy_listener_{field.removesuffix('_total')}_total"
                 fam = extra.setdefault(metric, Family(metric, "counter", f"listener {field}"))
                 fam.add(value, listener=name)
-    return [conns, active, nbytes, ended, reqs, duration, connect, *extra.values()]
+    return [conns, active, nbytes, ended, reqs, duration, connect, handshakes, *extra.values()]
 
 
 def _other_fields(stats: ListenerStats) -> Iterable[tuple[str, int | float | Histogram]]:

@@ -24,15 +24,20 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
+from edgeproxy.config.files import FileReader, ca_certificates, read_from_disk
 from edgeproxy.config.model import (
     ACME_SWARM_STORAGE,
     DEFAULT_UPGRADES,
     FORWARDED_HEADERS,
+    HTTP_ALPN,
     NEVER_UPGRADES,
+    TLS_VERSIONS,
     AcceptProxy,
     AcmeConfig,
     AdminConfig,
     Backend,
+    BackendTLS,
+    CertificateFiles,
     Config,
     Forwarded,
     Health,
@@ -53,6 +58,7 @@ from edgeproxy.config.values import (
     MIN_DURATION,
     Address,
     IPNetwork,
+    acme_name_error,
     clip,
     is_loopback,
     parse_address,
@@ -306,10 +312,16 @@ _LISTENER_KEYS = (
     "max_datagram_size",
     "upgrades",
     "tls",
+    "redirect_https",
 )
+_TLS_KEYS = ("certificates", "acme", "min_version", "alpn", "hsts")
+_REDIRECT_AUTO = 0  # redirect_https: true, until the TLS port is known (all_listeners)
 _ACME_KEYS = ("directory", "email", "storage", "ca", "renew_before", "encryption_key")
-_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm")
+_BACKEND_KEYS = ("balance", "send_proxy", "retries", "health", "servers", "swarm", "tls")
+_BACKEND_TLS_KEYS = ("verify", "ca", "sni")
+# A TLS server name (SNI): DNS labels; "_" too, as the ClientHello reader (proto/tls_hello.py)
+# takes it and some internal names carry it.
+_SNI_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _HEALTH_KEYS = ("type", "interval", "timeout", "rise", "fall", "path", "expect", "port")
 
 
@@ -334,8 +346,9 @@ class _Binds:
 
 
 class _Builder:
-    def __init__(self, r: _Reader) -> None:
+    def __init__(self, r: _Reader, read_file: FileReader) -> None:
         self.r = r
+        self.read_file = read_file  # files the config names (config/files.py)
         self.backends: dict[str, Backend] = {}
         self.health_set: set[str] = set()  # backends with an explicit health section
         self.swarm: SwarmConfig | None = None
@@ -420,6 +433,8 @@ class _Builder:
                 self.r.error(
                     node, path, f"backend {clip(ref)} has send_proxy: v1, which has no datagram form; use v2 for udp"
                 )
+            if be is not None and be.tls is not None:
+                self.r.error(node, path, f"backend {clip(ref)} has tls, which udp does not speak")
         return ref
 
     def listener(self, node: Node, index: int) -> Listener:
@@ -454,9 +469,10 @@ class _Builder:
         backend = self.r.optional(f, "backend", path, lambda n, p: self.reference(n, p, udp=udp), None)
         routes: tuple[Route, ...] = ()
         if "routes" in f:
-            if mode != "http":
-                self.r.error(f["routes"], f"{path}.routes", f"routes need mode: http (this listener is {mode})")
-            routes = tuple(self.r.each(f["routes"], f"{path}.routes", lambda n, p: self.route(n, p, udp=udp)))
+            if udp:
+                self.r.error(f["routes"], f"{path}.routes", "routes need mode: http or tcp (this listener is udp)")
+            else:
+                routes = tuple(self.r.each(f["routes"], f"{path}.routes", lambda n, p: self.route(n, p, mode=mode)))
         if backend is None and not routes and "backend" not in f:
             self.r.error(node, path, "missing 'backend' (the default backend of this listener)")
         accept_proxy = None
@@ -490,6 +506,8 @@ class _Builder:
             if mode != "http":
                 self.r.error(f["upgrades"], f"{path}.upgrades", f"upgrades need mode: http (this listener is {mode})")
             upgrades = tuple(self.r.each(f["upgrades"], f"{path}.upgrades", self.upgrade_protocol))
+        tls = self.r.optional(f, "tls", path, lambda n, p: self.listener_tls(n, p, mode), None)
+        redirect = self.r.optional(f, "redirect_https", path, lambda n, p: self.redirect_https(n, p, mode, tls), None)
         return Listener(
             name=name,
             bind=bind,
@@ -505,29 +523,90 @@ class _Builder:
                 f, "max_datagram_size", path, lambda n, p: self.r.integer(n, p, 1, 65535), 65535
             ),
             upgrades=upgrades,
-            tls=self.r.optional(f, "tls", path, self.listener_tls, None),
+            tls=tls,
+            redirect_https=redirect,
         )
 
-    def listener_tls(self, node: Node, path: str) -> ListenerTLS:
-        """``listeners[].tls``: ``acme`` only until TLS termination (issue 13) adds its keys here."""
-        f = self.r.mapping(node, path, ("acme",))
+    def listener_tls(self, node: Node, path: str, mode: str) -> ListenerTLS:
+        """``listeners[].tls``: terminate TLS (http and tcp listeners). The certificate files are
+        read and checked later, by tls/files.py (``edgeproxy check``, start, reload)."""
+        r = self.r
+        if mode == "udp":
+            raise r.fail(node, path, "tls is not supported on udp listeners (DTLS is not done)")
+        f = r.mapping(node, path, _TLS_KEYS)
         none: list[str] = []
-        names = self.r.optional(f, "acme", path, lambda n, p: self.r.each(n, p, self.acme_name, scalar_ok=True), none)
+        names = r.optional(f, "acme", path, lambda n, p: r.each(n, p, self.acme_name, scalar_ok=True), none)
         if names:
             self.acme_users.append((f["acme"], f"{path}.acme"))
-        return ListenerTLS(acme=tuple(dict.fromkeys(names)))
+        files: list[CertificateFiles] = r.optional(
+            f, "certificates", path, lambda n, p: r.each(n, p, self.certificate_files), []
+        )
+        if "certificates" in f and isinstance(f["certificates"], Seq) and not f["certificates"].items:
+            r.error(f["certificates"], f"{path}.certificates", "needs at least one {cert, key} entry")
+        elif "certificates" not in f and "acme" not in f:
+            r.error(node, path, "needs 'certificates' (PEM files) or 'acme' (names to obtain certificates for)")
+        min_version = r.optional(f, "min_version", path, lambda n, p: r.choice(n, p, TLS_VERSIONS), "1.2")
+        default_alpn = HTTP_ALPN if mode == "http" else ()
+        alpn = tuple(r.optional(f, "alpn", path, lambda n, p: self.alpn_ids(n, p, mode), list(default_alpn)))
+        hsts = None
+        if "hsts" in f:
+            if mode != "http":
+                r.error(f["hsts"], f"{path}.hsts", f"hsts needs mode: http (this listener is {mode})")
+            hsts = r.optional(f, "hsts", path, lambda n, p: r.duration(n, p, period=True), None)
+        return ListenerTLS(
+            acme=tuple(dict.fromkeys(names)),
+            certificates=tuple(files),
+            min_version=min_version,
+            alpn=alpn,
+            hsts=hsts,
+        )
+
+    def certificate_files(self, node: Node, path: str) -> CertificateFiles:
+        """``{cert: FILE, key: FILE}``, or ``{cert: FILE}`` / ``FILE`` with the key in that file."""
+        r = self.r
+        if isinstance(node, Scalar):
+            return CertificateFiles(cert=r.text(node, path), where=path, line=node.line)
+        f = r.mapping(node, path, ("cert", "key"))
+        if "cert" not in f:
+            raise r.fail(node, path, "missing 'cert' (a PEM file: the certificate, then its chain)")
+        cert = r.text(f["cert"], f"{path}.cert")
+        key = r.optional(f, "key", path, r.text, None)
+        return CertificateFiles(cert=cert, key=key, where=path, line=node.line)
+
+    def alpn_ids(self, node: Node, path: str, mode: str) -> list[str]:
+        def one(n: Node, p: str) -> str:
+            proto = self.r.text(n, p)
+            if len(proto.encode("utf-8", "replace")) > 255 or not proto.isascii():
+                raise self.r.fail(n, p, f"{clip(proto)} is not an ALPN protocol id (ASCII, at most 255 bytes)")
+            if mode == "http" and proto != "http/1.1":
+                why = "h2 is not negotiated yet" if proto == "h2" else "an http listener speaks HTTP/1.1"
+                raise self.r.fail(n, p, f"{clip(proto)}: only http/1.1 is offered on an http listener ({why})")
+            return proto
+
+        ids = self.r.each(node, path, one, scalar_ok=True)
+        return list(dict.fromkeys(ids))
+
+    def redirect_https(self, node: Node, path: str, mode: str, tls: ListenerTLS | None) -> int | None:
+        """``true``: to the first TLS http listener's port (443 without one); a port number: to
+        that port; ``false``: off."""
+        r = self.r
+        if mode != "http":
+            raise r.fail(node, path, f"redirect_https needs mode: http (this listener is {mode})")
+        if _is_word(node, TRUE_WORDS):
+            port: int | None = _REDIRECT_AUTO
+        elif _is_word(node, FALSE_WORDS):
+            port = None
+        else:
+            port = r.integer(node, path, 1, 65535)
+        if port is not None and tls is not None:
+            raise r.fail(node, path, "this listener terminates TLS already: redirect_https is for a plain http one")
+        return port
 
     def acme_name(self, node: Node, path: str) -> str:
         name = self.r.text(node, path).lower().rstrip(".")
-        if name.startswith("*."):
-            raise self.r.fail(
-                node, path, f"{clip(name)}: a wildcard needs the DNS-01 challenge, which edgeproxy does not do"
-            )
-        labels = name.split(".")
-        if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-            raise self.r.fail(node, path, f"{clip(name)} is not a DNS name (letters, digits, '-', labels of 1-63)")
-        if labels[-1].isdigit():
-            raise self.r.fail(node, path, f"{clip(name)} is an IP address: ACME certificates here are for DNS names")
+        error = acme_name_error(name)
+        if error is not None:
+            raise self.r.fail(node, path, error)
         return name
 
     def acme(self, node: Node, path: str) -> AcmeConfig:
@@ -584,11 +663,23 @@ class _Builder:
 
         return tuple(self.r.each(node, path, one))
 
-    def route(self, node: Node, path: str, *, udp: bool) -> Route:
-        f = self.r.mapping(node, path, ("host", "path_prefix", "backend"))
+    def route(self, node: Node, path: str, *, mode: str) -> Route:
+        """http: ``host`` and/or ``path_prefix``; tcp: ``sni`` (the mode decides, as SPEC.md)."""
+        f = self.r.mapping(node, path, ("host", "path_prefix", "sni", "backend"))
         if "backend" not in f:
             raise self.r.fail(node, path, "missing 'backend'")
-        backend = self.reference(f["backend"], f"{path}.backend", udp=udp)
+        backend = self.reference(f["backend"], f"{path}.backend", udp=False)
+        if mode == "tcp":
+            wrong = [key for key in ("host", "path_prefix") if key in f]
+            for key in wrong:
+                self.r.error(f[key], f"{path}.{key}", "a tcp route matches the TLS server name: use 'sni'")
+            if "sni" not in f:
+                if not wrong:
+                    self.r.error(node, path, "a tcp route needs 'sni' (the TLS server name, e.g. db.example.com)")
+                raise _Invalid()
+            return Route(backend=backend, sni=self.server_name(f["sni"], f"{path}.sni", wildcard=True))
+        if "sni" in f:
+            raise self.r.fail(f["sni"], f"{path}.sni", "sni routes need mode: tcp (an http route has host/path_prefix)")
         host = self.r.optional(f, "host", path, self.r.text, None)
         prefix = self.r.optional(f, "path_prefix", path, self.r.text, None)
         if prefix is not None and not prefix.startswith("/"):
@@ -679,7 +770,42 @@ class _Builder:
             health=r.optional(f, "health", path, self.health, Health()),
             servers=tuple(r.optional(f, "servers", path, lambda n, p: r.each(n, p, self.server), [])),
             swarm=r.optional(f, "swarm", path, self.swarm_ref, None),
+            tls=r.optional(f, "tls", path, self.backend_tls, None),
         )
+
+    def backend_tls(self, node: Node, path: str) -> BackendTLS | None:
+        """``backends.X.tls``: ``{}`` or ``true`` is TLS with the defaults, ``off`` none."""
+        r = self.r
+        if _is_word(node, TRUE_WORDS):
+            return BackendTLS()
+        if _is_word(node, FALSE_WORDS):
+            return None
+        f = r.mapping(node, path, _BACKEND_TLS_KEYS)
+        ca = r.optional(f, "ca", path, r.text, None)
+        ca_pem = b""
+        if ca is not None:
+            try:
+                ca_pem = ca_certificates(self.read_file, ca)
+            except ValueError as e:
+                r.error(f["ca"], f"{path}.ca", str(e))
+        return BackendTLS(
+            verify=r.optional(f, "verify", path, r.boolean, True),
+            ca=ca,
+            ca_pem=ca_pem,
+            sni=r.optional(f, "sni", path, lambda n, p: self.server_name(n, p, wildcard=False), None),
+        )
+
+    def server_name(self, node: Node, path: str, *, wildcard: bool) -> str:
+        """A TLS server name: a DNS name, lower-cased; ``*.example.com`` (one label) if ``wildcard``."""
+        name = self.r.text(node, path).lower().rstrip(".")
+        base = name[2:] if wildcard and name.startswith("*.") else name
+        labels = base.split(".")
+        if not base or len(base) > 253 or not all(_SNI_LABEL.fullmatch(label) for label in labels):
+            form = " or *.example.com" if wildcard else ""
+            raise self.r.fail(node, path, f"{clip(name)} is not a DNS name (e.g. example.com{form})")
+        if labels[-1].isdigit():
+            raise self.r.fail(node, path, f"{clip(name)} is an IP address: a TLS server name (SNI) is a DNS name")
+        return name
 
     def all_backends(self, node: Node, path: str) -> None:
         for name, _key_node, value_node in self.r.items(node, path):
@@ -695,7 +821,12 @@ class _Builder:
                 listeners.append(self.listener(item, i))
         if isinstance(node, Seq) and not node.items:
             self.r.error(node, path, "needs at least one listener")
-        return listeners
+        # redirect_https: true goes to the first TLS http listener's port (443 without one).
+        tls_port = next((lst.bind[0].port for lst in listeners if lst.mode == "http" and lst.tls and lst.bind), 443)
+        return [
+            dataclasses.replace(lst, redirect_https=tls_port) if lst.redirect_https == _REDIRECT_AUTO else lst
+            for lst in listeners
+        ]
 
     def swarm_section(self, node: Node, path: str) -> SwarmConfig:
         f = self.r.mapping(node, path, ("managers", "tls", "refresh", "timeout", "labels", "node_addresses"))
@@ -745,14 +876,17 @@ def load_config(path: str) -> Config:
     return parse_config(raw, path)
 
 
-def parse_config(raw: bytes, path: str = "<config>", *, libyaml: bool | None = None) -> Config:
+def parse_config(
+    raw: bytes, path: str = "<config>", *, libyaml: bool | None = None, read_file: FileReader = read_from_disk
+) -> Config:
     """Validate a whole file: a ``Config``, or ``ConfigError`` with every problem and its line.
 
     ``libyaml`` forces (True) or avoids (False) PyYAML's C parser; by default it is used when
     present. The result is the same either way (tests/unit/test_config_total.py).
+    ``read_file`` reads the files the config names (a backend's ``tls.ca``; config/files.py).
     """
     try:
-        return _parse(raw, path, libyaml)
+        return _parse(raw, path, libyaml, read_file)
     except ConfigError:
         raise
     except Exception as e:  # the last resort of a total function; fuzzing makes sure it is never reached
@@ -762,7 +896,7 @@ def parse_config(raw: bytes, path: str = "<config>", *, libyaml: bool | None = N
         raise ConfigError([issue]) from None
 
 
-def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
+def _parse(raw: bytes, path: str, libyaml: bool | None, read_file: FileReader) -> Config:
     r = _Reader(path)
     try:
         tree = read_tree(raw, libyaml=libyaml)
@@ -774,7 +908,7 @@ def _parse(raw: bytes, path: str, libyaml: bool | None) -> Config:
     if root is None or _is_null(root):
         r.error(1, "", "the file is empty: it needs at least 'listeners' and 'backends'")
         raise ConfigError(r.issues)
-    b = _Builder(r)
+    b = _Builder(r, read_file)
     try:
         top = r.mapping(root, "", _TOP_KEYS)
     except _Invalid:

@@ -78,17 +78,38 @@ class Forwarded:
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """http: by ``host`` and ``path_prefix``; tcp: by ``sni``, the TLS server name the client
+    asks for (read from its ClientHello, without terminating)."""
+
     backend: str
     host: str | None = None  # lower-case, no port
     path_prefix: str | None = None
+    sni: str | None = None  # lower-case; "*.example.com" matches one label
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFiles:
+    """One ``listeners[].tls.certificates`` entry: PEM files, read by the control plane (tls/)."""
+
+    cert: str  # the certificate, then its chain
+    key: str | None = None  # None: the private key is in the ``cert`` file (HAProxy's ``crt`` files)
+    where: str = field(default="", compare=False)  # its YAML path, for errors found reading the files
+    line: int = field(default=0, compare=False)
+
+
+TLS_VERSIONS = ("1.2", "1.3")
+HTTP_ALPN: tuple[str, ...] = ("http/1.1",)  # what an http listener offers (h2 is not negotiated yet)
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerTLS:
-    """``listeners[].tls``. Only ``acme`` here: the rest of the TLS keys (certificates,
-    min_version, alpn, hsts) come with TLS termination (issue 13), which extends this class."""
+    """``listeners[].tls``: terminate TLS on this listener (SPEC.md, "TLS")."""
 
     acme: tuple[str, ...] = ()  # names whose certificates are obtained and renewed by ACME
+    certificates: tuple[CertificateFiles, ...] = ()  # SNI picks by the names in them; the first is the default
+    min_version: str = "1.2"  # one of TLS_VERSIONS
+    alpn: tuple[str, ...] = HTTP_ALPN  # offered in this order (http: HTTP_ALPN; tcp: none by default)
+    hsts: float | None = None  # http: Strict-Transport-Security max-age (seconds) added to responses
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +125,7 @@ class Listener:
     max_datagram_size: int = 65535  # udp: larger datagrams are dropped and counted
     upgrades: tuple[str, ...] = DEFAULT_UPGRADES  # http: protocols a request may switch to (101)
     tls: ListenerTLS | None = None
+    redirect_https: int | None = None  # http without tls: 308 to https://host[:this port]/... (None: off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +154,16 @@ class SwarmRef:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTLS:
+    """``backends.X.tls``: connections to the servers are TLS (re-encrypt)."""
+
+    verify: bool = True  # the server's certificate chain and name are checked
+    ca: str | None = None  # the file of trusted CA certificates; None: the system's
+    ca_pem: bytes = field(default=b"", repr=False)  # its certificates, read when the file is loaded
+    sni: str | None = None  # the name sent and checked; None: the server's host when it is a name
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     name: str
     balance: BalanceName = "roundrobin"
@@ -140,6 +172,7 @@ class Backend:
     health: Health = field(default_factory=Health)
     servers: tuple[ServerConfig, ...] = ()
     swarm: SwarmRef | None = None
+    tls: BackendTLS | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +224,12 @@ class Config:
     user: User | None = None  # the data plane's, when started as root (runtime/privileges.py)
     swarm: SwarmConfig | None = None
     acme: AcmeConfig | None = None
+
+    def files(self) -> dict[str, bytes]:
+        """The contents of the files this config names that the data plane needs (a backend's
+        ``tls.ca``), by path, as the loader read them: what the supervisor sends a worker, which
+        does not open files itself (ARCHITECTURE.md)."""
+        return {b.tls.ca: b.tls.ca_pem for b in self.backends.values() if b.tls is not None and b.tls.ca is not None}
 
     def acme_names(self) -> tuple[str, ...]:
         """Every ``tls.acme`` name of every listener, first listed first, each once."""

@@ -128,6 +128,22 @@ def _is_dotted_quad(host: str) -> bool:
     return True
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def acme_name_error(name: str) -> str | None:
+    """Why ``name`` (lower case, no final dot) cannot have an ACME certificate here, or None. Also
+    what keeps a name from a service label a safe file name in the ACME storage."""
+    if name.startswith("*."):
+        return f"{clip(name)}: a wildcard needs the DNS-01 challenge, which edgeproxy does not do"
+    labels = name.split(".")
+    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return f"{clip(name)} is not a DNS name (letters, digits, '-', labels of 1-63)"
+    if labels[-1].isdigit():
+        return f"{clip(name)} is an IP address: ACME certificates here are for DNS names"
+    return None
+
+
 def parse_network(text: str) -> IPNetwork:
     """``10.0.0.0/8``, ``::1``, ``192.168.1.7`` (a host is a /32 or /128)."""
     try:

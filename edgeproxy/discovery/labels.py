@@ -3,7 +3,8 @@
 SPEC.md: ``edgeproxy.enable=true`` makes a backend; ``edgeproxy.port`` (the target port, required
 when several are published), ``edgeproxy.listener`` (default: the first http listener),
 ``edgeproxy.host``, ``edgeproxy.path_prefix``, ``edgeproxy.balance``, ``edgeproxy.send_proxy``,
-``edgeproxy.health.path``. A bad label raises ``LabelError``: the caller logs it and skips that
+``edgeproxy.health.path``, ``edgeproxy.tls`` (true: an ACME certificate for ``edgeproxy.host``,
+served on the first TLS listener). A bad label raises ``LabelError``: the caller logs it and skips that
 service; it never takes the proxy down. Pure: no I/O.
 """
 
@@ -13,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgeproxy.config import Backend, Health, Listener, Route, SwarmRef
+from edgeproxy.config.values import acme_name_error
 from edgeproxy.discovery.swarm_model import INGRESS_HINT, Service
 
 PREFIX = "edgeproxy."
 KNOWN = frozenset(
-    PREFIX + k for k in ("enable", "port", "listener", "host", "path_prefix", "balance", "send_proxy", "health.path")
+    PREFIX + k
+    for k in ("enable", "port", "listener", "host", "path_prefix", "balance", "send_proxy", "health.path", "tls")
 )
 _BALANCE = ("roundrobin", "leastconn", "source", "random")
 _SEND_PROXY = ("none", "v1", "v2")
@@ -32,10 +35,15 @@ class LabelBackend:
     backend: Backend
     listener: str | None  # the listener whose routes get `route`; None: no http listener
     route: Route | None  # None when neither host nor path_prefix is set
+    acme_host: str | None = None  # edgeproxy.tls=true: the host that gets an ACME certificate
+
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no", "")
 
 
 def enabled(service: Service) -> bool:
-    return service.labels.get(PREFIX + "enable", "").strip().lower() in ("true", "1", "yes")
+    return service.labels.get(PREFIX + "enable", "").strip().lower() in _TRUE
 
 
 def label_backend(service: Service, listeners: Sequence[Listener]) -> LabelBackend:
@@ -73,7 +81,22 @@ def label_backend(service: Service, listeners: Sequence[Listener]) -> LabelBacke
         route = Route(
             backend=service.name, host=host.strip().lower().split(":")[0] if host else None, path_prefix=prefix
         )
-    return LabelBackend(backend, listener, route)
+    return LabelBackend(backend, listener, route, _acme_host(labels.get(PREFIX + "tls"), route))
+
+
+def _acme_host(text: str | None, route: Route | None) -> str | None:
+    flag = (text or "").strip().lower()
+    if flag in _FALSE:
+        return None
+    if flag not in _TRUE:
+        raise LabelError(f"edgeproxy.tls={text!r}: expected true or false")
+    host = route.host if route is not None else None
+    if not host:
+        raise LabelError("edgeproxy.tls=true needs edgeproxy.host (the name the certificate is for)")
+    error = acme_name_error(host.rstrip("."))
+    if error is not None:
+        raise LabelError(f"edgeproxy.tls=true: edgeproxy.host={error}")
+    return host.rstrip(".")
 
 
 def _port(service: Service, text: str | None) -> int:

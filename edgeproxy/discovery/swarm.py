@@ -341,13 +341,18 @@ class SwarmDiscovery:
             log.info("swarm: label backend removed", backend=name)
         backends: dict[str, Backend] = {}
         routes: dict[str, list[Route]] = {}
+        acme_hosts: list[str] = []
         for name, (lb, _servers) in wanted.items():
             if name not in before:
                 log.info("swarm: label backend added", backend=name, listener=lb.listener, route=_route_text(lb.route))
             backends[name] = lb.backend
             if lb.route is not None and lb.listener is not None:
                 routes.setdefault(lb.listener, []).append(lb.route)
-        self.registry.set_label_backends(backends, {name: sorted(rs, key=_route_order) for name, rs in routes.items()})
+            if lb.acme_host is not None:
+                acme_hosts.append(lb.acme_host)
+        self.registry.set_label_backends(
+            backends, {name: sorted(rs, key=_route_order) for name, rs in routes.items()}, acme_hosts
+        )
         self.label_backends = sorted(wanted)
         for name, (_lb, servers) in wanted.items():
             self._publish(name, servers)

@@ -45,12 +45,14 @@ from edgeproxy.proto.forwarded import FORWARDING_NAMES, ClientForwarding
 from edgeproxy.proto.http1 import MAX_REQUEST_HEAD, ChunkedReader, HeadBuffer, HttpError, blank_line, error_response
 from edgeproxy.proto.http_request import RequestParser, upgrade_protocols
 from edgeproxy.proto.http_response import UNTIL_CLOSE, ResponseParser, with_connection_close
+from edgeproxy.proto.https import https_location, plain_response, redirect_response, with_hsts
 
 if TYPE_CHECKING:
     import socket
 
     from edgeproxy.balance import Server
     from edgeproxy.net.context import ListenerContext
+    from edgeproxy.net.tls_info import TlsInfo
     from edgeproxy.pools import BackendPool
 
 LINGER_SECONDS = 2.0
@@ -121,6 +123,7 @@ class HttpConnection(asyncio.Protocol):
         "fwd",
         "header_reader",
         "held",
+        "hsts",
         "idle",
         "in_request",
         "keep_alive",
@@ -165,6 +168,7 @@ class HttpConnection(asyncio.Protocol):
         self.header_reader: ClientAddressReader | None = None
         self.fwd: ClientForwarding | None = None
         self.log_prefix = ""  # the access log members that are the same for every request
+        self.hsts = ctx.hsts  # b"" or the Strict-Transport-Security line responses get
         upgrades = ctx.listener.upgrades
         allowed = _UPGRADES.get(upgrades)
         if allowed is None:
@@ -274,7 +278,8 @@ class HttpConnection(asyncio.Protocol):
         local = t.get_extra_info("sockname")
         self.client = (peer[0], peer[1])
         self.dest = (local[0], local[1])
-        if ctx.must_send_proxy_header(peer[0]):
+        # (Behind TLS the layer read the PROXY header before the handshake: net/tls.py.)
+        if ctx.tls is None and ctx.must_send_proxy_header(peer[0]):
             self.header_reader = ClientAddressReader(ctx, self)
             self._enter(PROXY, self.started)
             return
@@ -282,8 +287,15 @@ class HttpConnection(asyncio.Protocol):
         self._enter(NEW, self.started)
 
     def _client_known(self) -> None:
-        self.fwd = self.ctx.forwarding.for_client(self.client, self.dest)
-        self.log_prefix = f'"listener":{_json(self.ctx.listener.name)},"client":"{_hostport(self.client)}",'
+        ctx = self.ctx
+        self.fwd = ctx.forwarding.for_client(self.client, self.dest)
+        prefix = f'"listener":{_json(ctx.listener.name)},"client":"{_hostport(self.client)}",'
+        if ctx.tls is not None:
+            info = cast("TlsInfo | None", self.transport.get_extra_info("tls"))
+            if info is not None:
+                sni = _json(info.sni) if info.sni is not None else "null"
+                prefix += f'"tls":"{info.version}","sni":{sni},'
+        self.log_prefix = prefix
 
     def proxy_header_done(self, client: tuple[str, int], dest: tuple[str, int], rest: bytes) -> None:
         """The accept_proxy reader parsed a trusted peer's header: that is the client now. The
@@ -389,8 +401,10 @@ class HttpConnection(asyncio.Protocol):
         else:
             self.chunks = None
             self.body_left = parser.content_length
-        self.up_head = fwd.rewrite(head, parser)
         ctx = self.ctx
+        if ctx.answers_locally and self._local_answer(rest, now):
+            return
+        self.up_head = fwd.rewrite(head, parser)
         pool = self.pool = ctx.pool_for_request(parser.host, parser.routing_path() if ctx.route_table else b"")
         if pool is None:
             self._error(503, "no_backend", "no backend for this request")
@@ -404,10 +418,68 @@ class HttpConnection(asyncio.Protocol):
         if conn is not None:
             server.acquire()
             self.server = server
-            self._dispatch(conn, rest, b"", now)
+            self._dispatch(conn, rest, now)
         else:
             self.held = rest
             self._connect_to(pool, server, now)
+
+    def _local_answer(self, rest: bytes, now: float) -> bool:
+        """Requests a plain listener answers itself, before routing: an ACME HTTP-01 challenge
+        on the board (``ctx.http01``, set where ACME is wired), then ``redirect_https``."""
+        ctx = self.ctx
+        parser = self.parser
+        # A request body would have to be read and dropped: answer, then close instead.
+        close = not self.keep_alive or self.body_left != 0
+        http01 = ctx.http01
+        if http01 is not None and parser.method in (b"GET", b"HEAD"):
+            body = http01(parser.target.decode("latin-1"))
+            if body is not None:
+                data = plain_response(b"200 OK", b"application/octet-stream", body, close=close)
+                if parser.method == b"HEAD":
+                    data = data[: len(data) - len(body)]
+                self._answer(200, data, "acme_http01", close, rest, now)
+                return True
+        port = ctx.listener.redirect_https
+        if port is None:
+            return False
+        location = https_location(parser.host, parser.target, port, self.dest[0])
+        if location is None:
+            self._error(400, "bad_request", "Host is not a host name or an IP address")
+            return True
+        self._answer(308, redirect_response(location, close=close), "redirect", close, rest, now)
+        return True
+
+    def _answer(self, status: int, data: bytes, end: str, close: bool, rest: bytes, now: float) -> None:
+        """A complete response from here; keep-alive goes on with the next request (handled on
+        the next loop turn, so a read of many pipelined requests is not a deep recursion)."""
+        self.status = status
+        self.pool = None
+        self.req_out += len(data)
+        self.transport.write(data)
+        self._log_request(end, None, now)
+        if close:
+            self.linger = True
+            self.close(end)
+            return
+        self.state = IDLE
+        self.entered = now
+        if now + self.limits[IDLE] < self.timer_at:
+            self._arm(now + self.limits[IDLE])
+        if rest:
+            self.held = rest
+            self._pause(_HOLD)
+            self.loop.call_soon(self._after_answer)
+        elif self.client_eof:
+            self.close("client_closed")
+
+    def _after_answer(self) -> None:
+        if self.state != IDLE or not self.held:
+            return
+        held, self.held = self.held, b""
+        self._resume(_HOLD)
+        self._head_data(held, self.loop.time())
+        if self.client_eof and self.state in (IDLE, HEAD):
+            self.close("client_closed")
 
     def _begin_request(self, head_len: int, since: float) -> None:
         """The fields of the request in flight, for a head just read (forwarded or refused) whose
@@ -438,7 +510,10 @@ class HttpConnection(asyncio.Protocol):
     async def _connected(self, pool: BackendPool, server: Server | None) -> None:
         started = self.loop.time()
         tried = self.tried
-        result = await connect_upstream(self.ctx, pool, self.client[0], self._upstream, first=server, exclude=tried)
+        header = pool.proxy_header(self.client, self.dest)
+        result = await connect_upstream(
+            self.ctx, pool, self.client[0], self._upstream, first=server, exclude=tried, header=header
+        )
         self.task = None
         if self.closed is not None:  # closed as the connect completed (close() cancels it otherwise)
             if result is not None:
@@ -453,17 +528,17 @@ class HttpConnection(asyncio.Protocol):
         self.connect_s = now - started
         rest, self.held = self.held, b""
         conn = cast(UpstreamConn, transport.get_protocol())
-        self._dispatch(conn, rest, pool.proxy_header(self.client, self.dest), now)
+        self._dispatch(conn, rest, now)
 
     def _upstream(self, server: Server) -> UpstreamConn:
         return UpstreamConn(server, self.loop.time)
 
-    def _dispatch(self, conn: UpstreamConn, rest: bytes, prefix: bytes, now: float) -> None:
+    def _dispatch(self, conn: UpstreamConn, rest: bytes, now: float) -> None:
         """Write the request head, and the body bytes already here, on ``conn``: the one way a
         request goes upstream (idle connection, new connection, sent again)."""
         self.upstream = conn
         self.sent_at = now
-        head = prefix + self.up_head if prefix else self.up_head
+        head = self.up_head
         if self.body_left:
             try:
                 out, after = self._frame(rest)
@@ -584,6 +659,8 @@ class HttpConnection(asyncio.Protocol):
         self.last_activity = now
         self.status = parser.status
         self.response_s = now - self.sent_at
+        if self.hsts:
+            head = with_hsts(head, self.hsts)
         if self.state == WAIT:  # (_enter(RESPONSE, now) inlined: see _dispatch)
             self.state = RESPONSE  # (its clock is the last byte: last_activity, now)
             if now + self.limits[RESPONSE] < self.timer_at:
@@ -802,8 +879,13 @@ class HttpConnection(asyncio.Protocol):
                 "response_ms": round(self.response_s * 1000, 1),
                 "end": end,
                 "error": detail,
+                **self._tls_fields(),
             }
         )
+
+    def _tls_fields(self) -> dict[str, str | None]:
+        info = cast("TlsInfo | None", self.transport.get_extra_info("tls")) if self.ctx.tls is not None else None
+        return {"tls": info.version, "sni": info.sni} if info is not None else {}
 
     def finish(self) -> None:
         """Drain: idle connections close now, busy ones after their current response."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from edgeproxy.log import log
 from edgeproxy.net.context import ListenerContext
+from edgeproxy.net.tls import TlsLayer
 
 
 class TcpListener:
@@ -58,7 +59,7 @@ class TcpListener:
                 if self.want_serving and not self.stopped and not serving:
                     for sock in self.sockets:
                         srv: asyncio.AbstractServer = await self.ctx.loop.create_server(
-                            self.factory, sock=sock.dup(), backlog=_BACKLOG
+                            self._protocol, sock=sock.dup(), backlog=_BACKLOG
                         )
                         self.servers.append(srv)
                 elif (not self.want_serving or self.stopped) and serving:
@@ -69,6 +70,14 @@ class TcpListener:
                     return
         finally:
             self._busy = False
+
+    def _protocol(self) -> asyncio.Protocol:
+        """A new connection's protocol: the app's, or on a TLS listener the TLS layer that makes
+        the app's once the handshake is done (checked per accept: a reload may turn tls on or off)."""
+        ctx = self.ctx
+        if ctx.tls is not None:
+            return TlsLayer(ctx, self.factory)
+        return self.factory()
 
     async def stop(self) -> None:
         """Stop accepting (open connections are left alone)."""

@@ -7,9 +7,17 @@ transport's write buffer passes its high-water mark (``pause_writing``), reading
 side stops until it drains. Nothing else buffers, so memory per connection is bounded by the two
 transports' high-water marks.
 
-One timer per connection: while a trusted peer's PROXY header is awaited its deadline is
-``timeouts.http_request`` from accept, afterwards the idle limit from the last byte either way.
-The connecting task is kept and cancelled on close.
+A listener with ``sni`` routes reads the client's TLS ClientHello first (proto/tls_hello.py:
+records and messages split across reads are reassembled, at most 32 KiB are looked at), picks
+the backend by its server name, then connects and relays every byte the client sent, the
+ClientHello first, untouched. First bytes that are not a ClientHello end the connection with a
+log line; nothing is forwarded. With ``send_proxy: v2`` the server name travels in the header
+(``PP2_TYPE_AUTHORITY``); on a listener that terminates TLS, so do the version and cipher
+(``PP2_TYPE_SSL``), taken from the transport's ``tls`` extra info.
+
+One timer per connection: while a trusted peer's PROXY header or the ClientHello is awaited its
+deadline is ``timeouts.http_request`` from accept, afterwards the idle limit from the last byte
+either way. The connecting task is kept and cancelled on close.
 """
 
 from __future__ import annotations
@@ -20,10 +28,13 @@ from typing import TYPE_CHECKING, cast
 from edgeproxy.log import log
 from edgeproxy.net.accept_proxy import ClientAddressReader
 from edgeproxy.net.upstream import connect_upstream
+from edgeproxy.proto.proxy_protocol import NEED_DATA, tls_tlvs
+from edgeproxy.proto.tls_hello import ClientHelloReader, TlsHelloError
 
 if TYPE_CHECKING:
     from edgeproxy.balance import Server
     from edgeproxy.net.context import ListenerContext
+    from edgeproxy.net.tls_info import TlsInfo
 
 
 class _Upstream(asyncio.Protocol):
@@ -89,13 +100,16 @@ class TcpConnection(asyncio.Protocol):
         "ctx",
         "dest",
         "header_reader",
+        "hello",
         "idle_handle",
         "last_activity",
         "loop",
         "pending",
         "server",
         "server_eof_seen",
+        "sni",
         "started",
+        "tls",
         "upstream",
         "upstream_transport",
     )
@@ -112,6 +126,9 @@ class TcpConnection(asyncio.Protocol):
         self.dest: tuple[str, int] = ("", 0)
         self.pending: list[bytes] = []  # client bytes that arrived before the upstream was ready
         self.header_reader: ClientAddressReader | None = None
+        self.hello: ClientHelloReader | None = None  # while the ClientHello is read (sni routes)
+        self.sni: str | None = None  # the server name the client asked for, once known
+        self.tls: TlsInfo | None = None  # the handshake, on a listener that terminates TLS
         self.bytes_in = 0
         self.bytes_out = 0
         self.client_eof = False
@@ -130,10 +147,16 @@ class TcpConnection(asyncio.Protocol):
         local = t.get_extra_info("sockname")
         self.client = (peer[0], peer[1])
         self.dest = (local[0], local[1])
-        if ctx.must_send_proxy_header(peer[0]):
+        if ctx.tls is not None:  # terminated here: the handshake's facts (net/tls_info.TlsInfo)
+            self.tls = cast("TlsInfo | None", t.get_extra_info("tls"))
+            if self.tls is not None:
+                self.sni = self.tls.sni
+        if ctx.tls is None and ctx.must_send_proxy_header(peer[0]):  # (with tls: read by net/tls.py)
             self.header_reader = ClientAddressReader(ctx, self)
+        elif ctx.peek_hello:
+            self.hello = ClientHelloReader()
         self.idle_handle = self.loop.call_at(self._deadline(), self._check_idle)
-        if self.header_reader is not None:
+        if self.header_reader is not None or self.hello is not None:
             return
         t.pause_reading()  # until the upstream is connected: no unbounded buffering meanwhile
         self._start_connect()
@@ -142,26 +165,67 @@ class TcpConnection(asyncio.Protocol):
         """Called by the accept_proxy reader once a trusted peer's header has been parsed."""
         self.header_reader = None
         self.client, self.dest = client, dest
-        if self.idle_handle is not None:  # from the header's deadline to the idle one
-            self.idle_handle.cancel()
-        self.idle_handle = self.loop.call_at(self._deadline(), self._check_idle)
+        if self.ctx.peek_hello:  # the ClientHello follows the header, within the same deadline
+            self.hello = ClientHelloReader()
+            if rest:
+                self._hello_data(rest)
+            return
+        self._rearm()
         if rest:
             self.pending.append(rest)
         cast(asyncio.Transport, self.client_transport).pause_reading()
         self._start_connect()
+
+    def _hello_data(self, data: bytes) -> None:
+        """Bytes of the ClientHello: kept to be relayed; once it is whole, route and connect."""
+        hello = cast(ClientHelloReader, self.hello)
+        self.bytes_in += len(data)
+        self.pending.append(data)
+        try:
+            found = hello.feed(data)
+        except TlsHelloError as e:
+            self._refuse("bad_client_hello", str(e))
+            return
+        if found is NEED_DATA:
+            return
+        self.hello = None
+        self.sni = found.sni
+        self._rearm()
+        cast(asyncio.Transport, self.client_transport).pause_reading()
+        self._start_connect()
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        """A client whose first bytes are not a TLS ClientHello: closed, nothing forwarded."""
+        log.warning(
+            "dropping client: no TLS ClientHello",
+            listener=self.ctx.listener.name,
+            client=_hostport(self.client),
+            error=detail,
+        )
+        self.close(reason)
+
+    def _rearm(self) -> None:
+        """The deadline of the first bytes is over: from now on the idle one."""
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        self.idle_handle = self.loop.call_at(self._deadline(), self._check_idle)
 
     def _start_connect(self) -> None:
         self.connecting = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         ctx = self.ctx
-        pool = ctx.pool_for_connection()
+        pool = ctx.pool_for_connection(self.sni)
         if pool is None:
             self.connecting = None
             self.close("no_server")
             return
         upstream = _Upstream(self)
-        result = await connect_upstream(ctx, pool, self.client[0], lambda _server: upstream)
+        header = pool.proxy_header(self.client, self.dest, self._tlvs() if self.sni or self.tls else b"")
+        # The client's first bytes (a ClientHello, what followed a PROXY header) go with the header.
+        first = b"".join(self.pending)
+        self.pending.clear()
+        result = await connect_upstream(ctx, pool, self.client[0], lambda _server: upstream, header=header, data=first)
         self.connecting = None
         if self.closed is not None:  # closed as the connect completed (close() cancels it otherwise)
             if result is not None:
@@ -175,9 +239,8 @@ class TcpConnection(asyncio.Protocol):
         self.upstream_transport = transport
         self.upstream = upstream
         self.backend = pool.name
-        header = pool.proxy_header(self.client, self.dest)
-        if header or self.pending:
-            transport.write(header + b"".join(self.pending))
+        if self.pending:  # what came during the connect (a read already under way when paused)
+            transport.write(b"".join(self.pending))
             self.pending.clear()
         client = cast(asyncio.Transport, self.client_transport)
         upstream.wire(client)
@@ -194,13 +257,15 @@ class TcpConnection(asyncio.Protocol):
             self.upstream_transport.write(data)
         elif self.header_reader is not None:
             self.header_reader.feed(data)
+        elif self.hello is not None:
+            self._hello_data(data)
         else:
             self.bytes_in += len(data)
             self.pending.append(data)
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        if self.header_reader is not None:
+        if self.header_reader is not None or self.hello is not None:
             self.close("client_closed")
             return False
         up = self.upstream_transport
@@ -222,6 +287,14 @@ class TcpConnection(asyncio.Protocol):
         if self.upstream_transport is not None and not self.server_eof_seen:
             self.upstream_transport.resume_reading()
 
+    def _tlvs(self) -> bytes:
+        """PROXY v2 TLVs for this client's TLS: its server name, and what was negotiated when
+        this listener terminated it."""
+        facts = self.tls
+        if facts is not None:
+            return tls_tlvs(facts.sni, facts.version, facts.cipher)
+        return tls_tlvs(self.sni)
+
     # -- server side -----------------------------------------------------------------------------
     def server_eof(self) -> None:
         self.server_eof_seen = True
@@ -238,7 +311,7 @@ class TcpConnection(asyncio.Protocol):
     # -- ending ----------------------------------------------------------------------------------
     def _deadline(self) -> float:
         """When the connection ends if nothing happens: one rule to arm and to fire the timer."""
-        if self.header_reader is not None:
+        if self.header_reader is not None or self.hello is not None:
             return self.started + self.ctx.timeouts.http_request
         return self.last_activity + self.ctx.idle_timeout
 
@@ -251,6 +324,8 @@ class TcpConnection(asyncio.Protocol):
             self.idle_handle = self.loop.call_at(deadline, self._check_idle)
         elif self.header_reader is not None:
             self.header_reader.timed_out()
+        elif self.hello is not None:
+            self._refuse("client_hello_timeout", "no complete ClientHello within timeouts.http_request")
         else:
             self.close("idle_timeout")
 
@@ -276,18 +351,19 @@ class TcpConnection(asyncio.Protocol):
             server.release()
         ctx = self.ctx
         ctx.closed(self, reason, self.bytes_in, self.bytes_out)
-        log.access_line(
-            {
-                "listener": ctx.listener.name,
-                "client": _hostport(self.client),
-                "backend": self.backend or ctx.listener.backend,
-                "server": server.name if server is not None else None,
-                "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out,
-                "duration_ms": round((self.loop.time() - self.started) * 1000, 1),
-                "end": reason,
-            }
-        )
+        line = {
+            "listener": ctx.listener.name,
+            "client": _hostport(self.client),
+            "backend": self.backend or ctx.listener.backend,
+            "server": server.name if server is not None else None,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_ms": round((self.loop.time() - self.started) * 1000, 1),
+            "end": reason,
+        }
+        if self.sni is not None:
+            line["sni"] = self.sni
+        log.access_line(line)
 
 
 def _hostport(addr: tuple[str, int]) -> str:

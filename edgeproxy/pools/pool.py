@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from edgeproxy.balance import Balancer, Server, ServerState, make_balancer
 from edgeproxy.config import Backend, ServerConfig
-from edgeproxy.proto.proxy_protocol import build_v1, build_v2
+from edgeproxy.proto.proxy_protocol import build_v1, build_v2, build_v2_tlvs
 
 ServerKey = tuple[str, int]
 
@@ -39,11 +39,12 @@ class BackendPool:
     def pick(self, client_ip: str, exclude: Sequence[Server] = ()) -> Server | None:
         return self.balancer.pick(client_ip, exclude)
 
-    def proxy_header(self, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
-        """The PROXY header for a new upstream connection (empty when send_proxy is none)."""
+    def proxy_header(self, src: tuple[str, int], dst: tuple[str, int], tlvs: bytes = b"") -> bytes:
+        """The PROXY header for a new upstream connection (empty when send_proxy is none);
+        ``tlvs`` (proxy_protocol.tls_tlvs) go in a v2 header, v1 has no room for them."""
         mode = self.config.send_proxy
         if mode == "v2":
-            return build_v2(src, dst)
+            return build_v2_tlvs(src, dst, tlvs) if tlvs else build_v2(src, dst)
         if mode == "v1":
             return build_v1(src, dst)
         return b""

@@ -31,10 +31,11 @@ ServerStates = Mapping[ServerKey, tuple[ServerState, bool, bool]]
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one registry call changed: pools (added, removed, reconfigured, their servers or a
-    server's state) by name, and whether the label routes changed."""
+    server's state) by name, and whether the label routes (or the labelled TLS hosts) changed."""
 
     pools: frozenset[str] = frozenset()
     routes: bool = False
+    acme_hosts: bool = False
 
 
 Subscriber = Callable[[Change], None]
@@ -47,6 +48,8 @@ class PoolRegistry:
         self.dynamic: set[str] = set()  # label backends (discovery); never a configured name
         self.gone: list[BackendPool] = []  # removed, servers still draining
         self.routes: dict[str, tuple[Route, ...]] = {}  # label routes, by listener name
+        # edgeproxy.tls=true: the hosts that get ACME certificates (the control plane's: not on the wire)
+        self.acme_hosts: tuple[str, ...] = ()
         self._staged: set[str] = set()  # created by a reload that is not committed yet
         self._subscribers: list[Subscriber] = []
 
@@ -66,9 +69,9 @@ class PoolRegistry:
 
         return unsubscribe
 
-    def _notify(self, pools: Iterable[str] = (), routes: bool = False) -> None:
-        change = Change(frozenset(pools), routes)
-        if not change.pools and not change.routes:
+    def _notify(self, pools: Iterable[str] = (), routes: bool = False, acme_hosts: bool = False) -> None:
+        change = Change(frozenset(pools), routes, acme_hosts)
+        if not change.pools and not change.routes and not change.acme_hosts:
             return
         for fn in list(self._subscribers):
             try:
@@ -132,9 +135,12 @@ class PoolRegistry:
         pool.set_source(source, servers)
         self._notify([backend])
 
-    def set_label_backends(self, backends: Mapping[str, Backend], routes: Mapping[str, Iterable[Route]]) -> None:
+    def set_label_backends(
+        self, backends: Mapping[str, Backend], routes: Mapping[str, Iterable[Route]], acme_hosts: Iterable[str] = ()
+    ) -> None:
         """The dynamic backends and their routes by listener, as a whole: those not listed go.
-        A name the config file defines is skipped: the file's backend wins."""
+        A name the config file defines is skipped: the file's backend wins. ``acme_hosts``: the
+        hosts of services labelled ``edgeproxy.tls=true``."""
         changed: set[str] = set()
         reserved = self.configured | self._staged
         for name in [n for n in self.dynamic if n not in backends]:
@@ -156,7 +162,10 @@ class PoolRegistry:
         wanted = {listener: rs for listener, rs in wanted.items() if rs}
         routes_changed = wanted != self.routes
         self.routes = wanted
-        self._notify(changed, routes_changed)
+        hosts = tuple(sorted(set(acme_hosts)))
+        hosts_changed = hosts != self.acme_hosts
+        self.acme_hosts = hosts
+        self._notify(changed, routes_changed, hosts_changed)
 
     # -- server states: health checks, the admin API, the supervisor -------------------------------
     def set_check_down(self, backend: str, server: Server, down: bool) -> None:

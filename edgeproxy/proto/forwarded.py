@@ -56,10 +56,11 @@ _REAL_IP_NAMES = frozenset(spellings(b"x-real-ip"))
 class ForwardingPolicy:
     """One listener's ``forwarded:`` settings, ready for the per-connection work."""
 
-    __slots__ = ("set_forwarded", "set_host", "set_port", "set_proto", "set_real_ip", "set_xff", "trusted")
+    __slots__ = ("proto", "set_forwarded", "set_host", "set_port", "set_proto", "set_real_ip", "set_xff", "trusted")
 
-    def __init__(self, config: Forwarded) -> None:
+    def __init__(self, config: Forwarded, *, https: bool = False) -> None:
         self.trusted: tuple[IPNetwork, ...] = config.trusted
+        self.proto = "https" if https else "http"  # the scheme the client used to reach us
         headers = set(config.headers)
         self.set_xff = "x-forwarded-for" in headers
         self.set_real_ip = "x-real-ip" in headers
@@ -91,11 +92,11 @@ class ClientForwarding:
         if policy.set_real_ip:
             lines.append(f"X-Real-IP: {client_ip}\r\n")
         if policy.set_proto:
-            lines.append("X-Forwarded-Proto: http\r\n")
+            lines.append(f"X-Forwarded-Proto: {policy.proto}\r\n")
         if policy.set_port:
             lines.append(f"X-Forwarded-Port: {dest_port}\r\n")
         if policy.set_forwarded:
-            lines.append(f"Forwarded: {forwarded_element(client_ip)}\r\n")
+            lines.append(f"Forwarded: {forwarded_element(client_ip, policy.proto)}\r\n")
         # What an untrusted client's every request gets (X-Forwarded-Host varies per request).
         self.fixed = "".join(lines).encode("ascii")
         self.fixed_end = self.fixed + b"\r\n"
@@ -146,13 +147,13 @@ class ClientForwarding:
         if policy.set_real_ip:
             added.append(b"X-Real-IP: " + real_ip([*entries, client], policy).encode("latin-1") + b"\r\n")
         if policy.set_proto and XF_PROTO not in present:
-            added.append(b"X-Forwarded-Proto: http\r\n")
+            added.append(b"X-Forwarded-Proto: " + policy.proto.encode("ascii") + b"\r\n")
         if policy.set_host and XF_HOST not in present and req.host is not None:
             added.append(b"X-Forwarded-Host: " + req.host + b"\r\n")
         if policy.set_port and XF_PORT not in present:
             added.append(b"X-Forwarded-Port: %d\r\n" % self.port)
         if policy.set_forwarded:
-            ours = forwarded_element(client).encode("ascii")
+            ours = forwarded_element(client, policy.proto).encode("ascii")
             added.append(b"Forwarded: " + b", ".join([*fwd, ours]) + b"\r\n")
         if req.drop:
             added.append(req.restated)
@@ -160,10 +161,10 @@ class ClientForwarding:
         return base + b"".join(added) + b"\r\n"
 
 
-def forwarded_element(ip: str) -> str:
+def forwarded_element(ip: str, proto: str = "http") -> str:
     """RFC 7239 ``for=`` with ``proto``; an IPv6 address is bracketed and quoted."""
     node = f'"[{ip}]"' if ":" in ip else ip
-    return f"for={node};proto=http"
+    return f"for={node};proto={proto}"
 
 
 def parse_ip(text: str) -> IPAddress | None:

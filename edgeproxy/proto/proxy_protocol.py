@@ -56,8 +56,11 @@ __all__ = [
     "ProxyHeaderError",
     "build_v1",
     "build_v2",
+    "build_v2_tlvs",
     "crc32c",
     "parse_proxy_header",
+    "tls_tlvs",
+    "tlv",
 ]
 
 Addr = tuple[str, int]
@@ -119,6 +122,17 @@ _V2_PACK4: Final = Struct("!16s4s4sHH")
 _V2_PACK6: Final = Struct("!16s16s16sHH")
 _V2_ADDR4: Final = Struct("!4s4sHH")
 _V2_ADDR6: Final = Struct("!16s16sHH")
+
+# TLV types (spec 2.2.1-2.2.5)
+_PP2_TYPE_AUTHORITY: Final = 0x02
+_PP2_TYPE_CRC32C: Final = 0x03
+_PP2_TYPE_UNIQUE_ID: Final = 0x05
+_PP2_TYPE_SSL: Final = 0x20
+_PP2_SUBTYPE_SSL_VERSION: Final = 0x21
+_PP2_SUBTYPE_SSL_CIPHER: Final = 0x23
+_PP2_CLIENT_SSL: Final = 0x01
+_AUTHORITY_MAX: Final = 255  # HAProxy's HA_PP2_AUTHORITY_MAX
+_UNIQUE_ID_MAX: Final = 128  # spec 2.2.5
 
 # Longest header the parser ever needs to look at (v2 with the capped length > v1 line).
 _MAX_HEADER: Final = 16 + V2_MAX_LENGTH
@@ -204,6 +218,47 @@ def build_v2(src: Addr, dst: Addr, *, dgram: bool = False) -> bytes:
         )
     except (OSError, ValueError, StructError) as exc:
         raise ValueError(f"cannot build PROXY v2 header for {src!r} -> {dst!r}: {exc}") from None
+
+
+def build_v2_tlvs(src: Addr, dst: Addr, tlvs: bytes) -> bytes:
+    """``build_v2`` followed by ``tlvs`` (already encoded, e.g. by ``tls_tlvs``), the length
+    field counting them (spec 2.2). A separate function so that ``build_v2``, which every TCP
+    connection and UDP datagram of a ``send_proxy: v2`` backend calls, stays as it was.
+    Raises ValueError as ``build_v2`` does, or when the TLVs do not fit the length field."""
+    base = build_v2(src, dst)
+    length = len(base) - 16 + len(tlvs)
+    if length > V2_MAX_LENGTH:
+        raise ValueError(f"cannot build PROXY v2 header: {len(tlvs)} bytes of TLVs is over the limit")
+    return base[:14] + length.to_bytes(2, "big") + base[16:] + tlvs
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    """One TLV (spec 2.2.1): type, 16-bit big-endian length, value."""
+    return bytes((kind, len(value) >> 8, len(value) & 0xFF)) + value
+
+
+def tls_tlvs(authority: str | None, version: str | None = None, cipher: str | None = None) -> bytes:
+    """The TLVs that describe a client's TLS, as HAProxy sends them (its order: AUTHORITY, SSL).
+
+    - ``authority``: the server name the client asked for (SNI), as ``PP2_TYPE_AUTHORITY``
+      (spec 2.2.2); nothing when the client sent none. At most 255 bytes (a host name is 253).
+    - ``version`` (e.g. ``TLSv1.3``) and ``cipher`` (OpenSSL's name) when the TLS was terminated
+      here: ``PP2_TYPE_SSL`` with ``PP2_CLIENT_SSL`` set, ``verify`` 0 (no client certificate
+      was asked for, so none failed; HAProxy's send-proxy-v2-ssl sends the same) and the
+      ``SSL_VERSION`` and ``SSL_CIPHER`` sub-TLVs (spec 2.2.5).
+    """
+    out = b""
+    if authority:
+        name = authority.encode("ascii")
+        if len(name) > _AUTHORITY_MAX:
+            raise ValueError(f"PROXY v2 AUTHORITY of {len(name)} bytes is over {_AUTHORITY_MAX}")
+        out = tlv(_PP2_TYPE_AUTHORITY, name)
+    if version is not None:
+        sub = tlv(_PP2_SUBTYPE_SSL_VERSION, version.encode("ascii"))
+        if cipher:
+            sub += tlv(_PP2_SUBTYPE_SSL_CIPHER, cipher.encode("ascii"))
+        out += tlv(_PP2_TYPE_SSL, bytes((_PP2_CLIENT_SSL, 0, 0, 0, 0)) + sub)
+    return out
 
 
 def build_v1(src: Addr, dst: Addr) -> bytes:
@@ -404,13 +459,6 @@ def _parse_v2_other(n: int, ver_cmd: int, fam: int, length: int) -> tuple[ProxyH
     if end > n:
         return NEED_DATA
     return _V2_LOCAL_HEADER, end
-
-
-_PP2_TYPE_AUTHORITY: Final = 0x02
-_PP2_TYPE_CRC32C: Final = 0x03
-_PP2_TYPE_UNIQUE_ID: Final = 0x05
-_AUTHORITY_MAX: Final = 255  # HAProxy's HA_PP2_AUTHORITY_MAX
-_UNIQUE_ID_MAX: Final = 128  # spec 2.2.5
 
 
 def _check_tlvs(buf: bytes | bytearray, pos: int, end: int) -> None:

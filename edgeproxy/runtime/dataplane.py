@@ -9,6 +9,17 @@ Reload (runtime/reload.py): ``prepare`` builds the contexts of new and re-create
 starts serving them on their sockets (bound by the sockets step), so that a failure to serve fails
 the reload before anything changes; ``commit`` updates the listeners that stay, and retires those
 removed or re-created (they stop accepting; their open connections finish, bounded by drain).
+
+TLS: the certificates come read and checked from the control plane (tls/files.py ``CertificateSet``,
+as PEM: a worker may not be allowed to open the key files); ``prepare`` builds the SSL contexts
+(tls/contexts.py, reusing unchanged ones, so their session caches and ticket keys survive) and the
+commit hands them to the listener contexts: new handshakes use them, open connections keep theirs.
+``use_certificates`` does the same between reloads (ACME, issue 14).
+
+ACME (issue 14): where the config has ``acme:``, every plain http listener answers HTTP-01 from the
+challenge board before redirecting or routing, and every TLS listener asks it for a TLS-ALPN-01
+validation before choosing its own certificate (acme/answers.py). The board is the control
+plane's, handed over whole (``use_challenges``): the data plane never sees the account key.
 """
 
 from __future__ import annotations
@@ -16,10 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Coroutine, Mapping
+from functools import partial
 from typing import Any, Protocol
 
+from edgeproxy.acme.answers import ChallengeContexts, http01_response
+from edgeproxy.acme.board import ChallengeBoard
 from edgeproxy.admin.metrics import data_plane_families
 from edgeproxy.config import Config, Listener
 from edgeproxy.log import log
@@ -35,6 +50,8 @@ from edgeproxy.pools import Change, PoolRegistry
 from edgeproxy.runtime.sockets import SocketSet, socket_key
 from edgeproxy.staged import Staged
 from edgeproxy.stats import ListenerStats
+from edgeproxy.tls.contexts import ChallengeHook, ContextKey, build_contexts
+from edgeproxy.tls.files import NO_CERTIFICATES, CertificateSet
 
 SWEEP_INTERVAL = 1.0
 
@@ -65,6 +82,13 @@ class DataPlane:
         self.sockets = sockets
         self.idle = idle  # the process's idle upstream connections (http); closed after the drain
         self.config: Config | None = None
+        self.certs = NO_CERTIFICATES  # what the TLS listeners serve
+        self.ssl_contexts: dict[ContextKey, ssl.SSLContext] = {}  # in use, reused while unchanged
+        # ACME TLS-ALPN-01 (issue 14): the context answering a validation's ClientHello, asked
+        # before SNI on every TLS listener (tls/contexts.py); kept across reloads. Set it, then
+        # ``use_certificates(self.certs)`` to apply it to the listeners already running.
+        self.challenges = ChallengeBoard()  # ACME answers, the control plane's (use_challenges)
+        self._alpn_answers: ChallengeHook = ChallengeContexts(self.challenges).for_hello
         self.contexts: dict[str, ListenerContext] = {}
         self.servings: dict[str, Serving] = {}
         self.retired: list[ListenerContext] = []  # removed by a reload, connections still open
@@ -78,8 +102,10 @@ class DataPlane:
         return self.config.timeouts.drain if self.config is not None else 0.0
 
     # -- reload ------------------------------------------------------------------------------------
-    async def prepare(self, new: Config) -> Staged:
+    async def prepare(self, new: Config, certs: CertificateSet = NO_CERTIFICATES) -> Staged:
         loop = asyncio.get_running_loop()
+        # (ssl.SSLError if OpenSSL refuses what the checks passed: the step fails, nothing changed)
+        tls, made = build_contexts(new, certs, self.ssl_contexts, self._tls_alpn01(new))
         old = {lst.name: lst for lst in self.config.listeners} if self.config is not None else {}
         kept: list[Listener] = []
         started: dict[str, tuple[ListenerContext, Serving]] = {}
@@ -95,7 +121,8 @@ class DataPlane:
                     kept.append(listener)
                     continue
                 routes = self.registry.routes.get(listener.name, ())
-                ctx = ListenerContext(loop, listener, new.timeouts, self.registry.pools, routes)
+                ctx = ListenerContext(loop, listener, new.timeouts, self.registry.pools, routes, tls.get(listener.name))
+                self._answer_http01(new, ctx)
                 stats = self._stats_of(listener.name)
                 if stats is not None:
                     ctx.stats = stats  # a listener re-created under its name keeps counting (no counter reset)
@@ -111,11 +138,13 @@ class DataPlane:
 
         def commit() -> None:
             self.config = new
+            self.certs, self.ssl_contexts = certs, made
             names = {lst.name for lst in new.listeners}
             for name in [n for n in self.contexts if n not in names or n in started]:
                 self._retire(name, new.timeouts.drain)
             for listener in kept:
-                self.contexts[listener.name].update(listener, new.timeouts)
+                self.contexts[listener.name].update(listener, new.timeouts, tls.get(listener.name))
+                self._answer_http01(new, self.contexts[listener.name])
             for name, (ctx, serving) in started.items():
                 self.contexts[name] = ctx
                 self.servings[name] = serving
@@ -128,6 +157,31 @@ class DataPlane:
                 self._stop_serving(ctx, serving, new.timeouts.drain)
 
         return Staged(commit, abort)
+
+    def use_certificates(self, certs: CertificateSet) -> None:
+        """Serve ``certs`` from the next handshake on, with the running configuration (ACME puts a
+        new or renewed certificate in between reloads). Raises ``ssl.SSLError`` if OpenSSL refuses
+        one, changing nothing."""
+        if self.config is None:
+            return
+        tls, made = build_contexts(self.config, certs, self.ssl_contexts, self._tls_alpn01(self.config))
+        self.certs, self.ssl_contexts = certs, made
+        for name, ctx in self.contexts.items():
+            ctx.update(ctx.listener, ctx.timeouts, tls.get(name))
+
+    def use_challenges(self, board: Mapping[str, Any]) -> None:
+        """The ACME challenges to answer from now on (``ChallengeBoard.to_wire``); ``ValueError``
+        for a malformed one, nothing changed."""
+        self.challenges.apply_wire(board)
+
+    def _tls_alpn01(self, config: Config) -> ChallengeHook | None:
+        """What a TLS listener asks first about each ClientHello (with ``acme:`` only: otherwise
+        a handshake does not pay for the question)."""
+        return self._alpn_answers if config.acme is not None else None
+
+    def _answer_http01(self, config: Config, ctx: ListenerContext) -> None:
+        plain_http = ctx.listener.mode == "http" and ctx.listener.tls is None
+        ctx.http01 = partial(http01_response, self.challenges) if config.acme is not None and plain_http else None
 
     def _stats_of(self, name: str) -> ListenerStats | None:
         ctx = self.contexts.get(name) or next((c for c in self.retired if c.listener.name == name), None)

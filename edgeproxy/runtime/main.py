@@ -23,7 +23,6 @@ from collections.abc import Coroutine
 from typing import Any
 
 from edgeproxy.admin.server import AdminServer
-from edgeproxy.admin.view import StatsView
 from edgeproxy.config import Config, User
 from edgeproxy.discovery.swarm import SwarmDiscovery
 from edgeproxy.health.checker import HealthChecker
@@ -31,20 +30,26 @@ from edgeproxy.log import log
 from edgeproxy.net.loop import loop_name, run
 from edgeproxy.net.upstream_pool import IdlePool
 from edgeproxy.pools import PoolRegistry
+from edgeproxy.runtime.acme_service import AcmeService
 from edgeproxy.runtime.control import ControlPlane
 from edgeproxy.runtime.dataplane import DataPlane
 from edgeproxy.runtime.privileges import PrivilegeError, check_readable, drop, import_dirs
 from edgeproxy.runtime.process import ProcessLoop
 from edgeproxy.runtime.reload import describe
+from edgeproxy.runtime.role import ControlRole
 from edgeproxy.runtime.single import SingleProcess
 from edgeproxy.runtime.sockets import SocketSet
 from edgeproxy.runtime.supervisor import Supervisor
 from edgeproxy.runtime.worker import Worker
 
 
-def control_plane(registry: PoolRegistry, view: StatsView) -> ControlPlane:
-    """The components that run once per edgeproxy, in the order they start."""
-    return ControlPlane([HealthChecker(registry), SwarmDiscovery(registry), AdminServer(view, registry)])
+def control_plane(registry: PoolRegistry, role: ControlRole) -> ControlPlane:
+    """The components that run once per edgeproxy, in the order they start. ACME adds its
+    certificates to those each reload serves (``certificate_sources``) and hands them, and its
+    challenge answers, to the data plane through the role."""
+    acme = AcmeService(role, registry)
+    role.certificate_sources.append(acme.with_certificates)
+    return ControlPlane([HealthChecker(registry), SwarmDiscovery(registry), acme, AdminServer(role, registry)])
 
 
 def build(config: Config) -> SingleProcess | Supervisor:
@@ -55,10 +60,10 @@ def build(config: Config) -> SingleProcess | Supervisor:
     if config.workers <= 1 and config.user is None:
         sockets = SocketSet()
         dataplane = DataPlane(registry, sockets, IdlePool(asyncio.get_running_loop()))
-        return SingleProcess(config, registry, sockets, dataplane, lambda view: control_plane(registry, view))
+        return SingleProcess(config, registry, sockets, dataplane, lambda role: control_plane(registry, role))
     # A UDP address becomes a SO_REUSEPORT group, a socket per worker (runtime/udp_steering.py).
     sockets = SocketSet(reuseport_udp=True)
-    return Supervisor(config, registry, sockets, lambda view: control_plane(registry, view))
+    return Supervisor(config, registry, sockets, lambda role: control_plane(registry, role))
 
 
 def build_worker(channel_fd: int, wid: int) -> Worker:

@@ -11,9 +11,11 @@ with the config path and the step that failed, and counted in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 from edgeproxy.config import Config, ConfigError, parse_config
+from edgeproxy.config.files import FileReader, read_from, read_from_disk
 from edgeproxy.config.loader import ConfigIssue
 from edgeproxy.log import log
 from edgeproxy.staged import Staged
@@ -36,14 +38,28 @@ def describe(e: BaseException) -> str:
     return str(e) or repr(e)
 
 
-def parse(raw: bytes, path: str) -> Config:
-    """The file's bytes as a ``Config``; ``ReloadFailed`` for anything else, never another exception."""
+def parse(raw: bytes, path: str, read_file: FileReader = read_from_disk) -> Config:
+    """The file's bytes as a ``Config``; ``ReloadFailed`` for anything else, never another exception.
+    ``read_file`` reads the files it names (config/files.py)."""
     try:
-        return parse_config(raw, path)
+        return parse_config(raw, path, read_file=read_file)
     except ConfigError as e:
         raise ReloadFailed("config", [str(i) for i in e.issues]) from None
     except Exception as e:  # the loader is meant to be total; if it is not, this still is
         raise ReloadFailed("config", [f"{path}: cannot parse: {e!r}"]) from None
+
+
+def worker_message(op: str, config: Config, raw: bytes) -> dict[str, Any]:
+    """What a worker is sent to build ``config``: the file's bytes and the contents of the files
+    it names (a worker does not open them: it may run as a ``user`` that cannot)."""
+    files = {name: data.decode("ascii") for name, data in config.files().items()}  # PEM: ASCII
+    return {"op": op, "path": config.path, "raw": raw.decode(), "files": files}
+
+
+def parse_message(msg: Mapping[str, Any]) -> Config:
+    """A worker's side of ``worker_message``."""
+    files = {str(k): str(v).encode("ascii") for k, v in dict(msg.get("files") or {}).items()}
+    return parse(str(msg["raw"]).encode(), str(msg["path"]), read_from(files))
 
 
 def read(path: str) -> tuple[bytes, Config]:

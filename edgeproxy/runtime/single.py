@@ -3,6 +3,8 @@ checks, discovery, the admin endpoint), with no supervisor (SPEC.md, issue 4).""
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgeproxy.config import Config
 from edgeproxy.log import log
 from edgeproxy.metrics import Family
@@ -11,6 +13,7 @@ from edgeproxy.runtime.dataplane import DataPlane
 from edgeproxy.runtime.role import ControlRole, MakeControl
 from edgeproxy.runtime.sockets import SocketSet
 from edgeproxy.staged import Staged
+from edgeproxy.tls.files import CertificateSet
 
 
 class SingleProcess(ControlRole):
@@ -25,8 +28,14 @@ class SingleProcess(ControlRole):
         self.dataplane = dataplane
         super().__init__(config, registry, sockets, make_control)
 
-    async def _prepare_serving(self, new: Config, raw: bytes) -> Staged:
-        return await self.dataplane.prepare(new)
+    async def _prepare_serving(self, new: Config, raw: bytes, certs: CertificateSet) -> Staged:
+        return await self.dataplane.prepare(new, certs)
+
+    async def _use_certificates(self, certs: CertificateSet) -> None:
+        self.dataplane.use_certificates(certs)
+
+    async def _use_challenges(self, board: dict[str, Any]) -> None:
+        self.dataplane.use_challenges(board)
 
     async def _settle(self) -> None:
         await self.dataplane.settled()

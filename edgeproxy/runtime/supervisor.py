@@ -45,6 +45,7 @@ from edgeproxy.runtime.role import ControlRole, MakeControl
 from edgeproxy.runtime.sockets import SocketKey, SocketSet, socket_keys
 from edgeproxy.runtime.udp_steering import UdpGroups
 from edgeproxy.staged import Staged
+from edgeproxy.tls.files import CertificateSet
 
 WORKER_MODULE = "edgeproxy.runtime.main"  # ``python -m edgeproxy.runtime.main worker FD ID [UID:GID]``
 START_TIMEOUT = 30.0
@@ -111,9 +112,10 @@ class Supervisor(ControlRole):
         # The workers get the discovered servers and label backends now, not one change later.
         self._push(full=True)
 
-    async def _prepare_serving(self, new: Config, raw: bytes) -> Staged:
-        if not self._spawned:  # the start: spawn them (they get the file and the sockets)
+    async def _prepare_serving(self, new: Config, raw: bytes, certs: CertificateSet) -> Staged:
+        if not self._spawned:  # the start: spawn them (they get the file, certificates and sockets)
             self._spawned = True
+            self.certs = certs
             handles = await asyncio.gather(*(self._spawn(i) for i in range(1, new.workers + 1)))
             failed = [h for h in handles if not h.ready]
             if failed:
@@ -121,15 +123,15 @@ class Supervisor(ControlRole):
                     self._kill(h)
                 raise OSError(0, f"worker {failed[0].id} could not start")
             return Staged()
-        return await self._prepare_workers(new, raw)
+        return await self._prepare_workers(new, raw, certs)
 
     def _access_log(self, new: Config) -> str:
         # Only the workers write access lines, and they open the file themselves: as `user` when
         # it is set. Were the supervisor to open it first, as root, it would create it root's.
         return "off"
 
-    def _set_config(self, new: Config, raw: bytes) -> None:
-        super()._set_config(new, raw)
+    def _set_config(self, new: Config, raw: bytes, certs: CertificateSet) -> None:
+        super()._set_config(new, raw, certs)
         if raw:
             self.raw = raw
 
@@ -151,7 +153,11 @@ class Supervisor(ControlRole):
         self._give_sockets(h)
         try:
             reply = await h.channel.request(
-                {"op": "config", "path": self.config.path, "raw": self.raw.decode()}, timeout=START_TIMEOUT
+                {
+                    **reload.worker_message("config", self.config, self.raw),
+                    **{"certs": self.certs.to_wire(), "challenges": self.challenges},
+                },
+                timeout=START_TIMEOUT,
             )
         except (ChannelClosed, TimeoutError) as e:
             reply = {"ok": False, "error": str(e) or "timeout"}
@@ -230,11 +236,11 @@ class Supervisor(ControlRole):
     def _live(self) -> list[WorkerHandle]:
         return [h for h in self.workers.values() if h.channel is not None and not h.channel.closed and not h.stopping]
 
-    async def _prepare_workers(self, new: Config, raw: bytes) -> Staged:
+    async def _prepare_workers(self, new: Config, raw: bytes, certs: CertificateSet) -> Staged:
         live = self._live()
         for h in live:
             self._give_sockets(h, new.workers)
-        msg = {"op": "prepare", "path": new.path, "raw": raw.decode()}
+        msg = {**reload.worker_message("prepare", new, raw), "certs": certs.to_wire()}
         replies = await asyncio.gather(*(self._request(h, msg, RELOAD_TIMEOUT) for h in live), return_exceptions=True)
         errors = []
         for h, r in zip(live, replies, strict=True):
@@ -259,6 +265,26 @@ class Supervisor(ControlRole):
             end("abort", self.config)
             raise reload.ReloadFailed("workers", errors)
         return Staged(lambda: end("commit", new), lambda: end("abort", self.config))
+
+    async def _use_certificates(self, certs: CertificateSet) -> None:
+        """Every worker serves ``certs`` (the ACME hook, ``ControlRole.use_certificates``); a worker
+        restarted later gets them with its configuration (``self.certs``)."""
+        msg = {"op": "certificates", "certs": certs.to_wire()}
+        await self._tell(msg, [h for h in self._live() if h.ready], "the new certificates")
+
+    async def _use_challenges(self, board: dict[str, Any]) -> None:
+        """Every worker answers the challenges of ``board`` (a worker still starting too: it
+        applies the board as soon as it reads it, before its configuration)."""
+        await self._tell({"op": "challenges", "board": board}, self._live(), "the ACME challenges")
+
+    async def _tell(self, msg: Message, workers: list[WorkerHandle], what: str) -> None:
+        """``msg`` to ``workers``, waiting for their answers; a worker that fails is logged."""
+        replies = await asyncio.gather(
+            *(self._request(h, msg, RELOAD_TIMEOUT) for h in workers), return_exceptions=True
+        )
+        for h, r in zip(workers, replies, strict=True):
+            if isinstance(r, BaseException) or not r.get("ok"):
+                log.error(f"a worker did not take {what}", worker=h.id, error=str(r))
 
     async def _settle(self) -> None:
         acks, self._acks = self._acks, []

@@ -28,6 +28,7 @@ from edgeproxy.runtime.channel import Channel, Message
 from edgeproxy.runtime.dataplane import DataPlane
 from edgeproxy.runtime.reload import Transaction
 from edgeproxy.runtime.sockets import SocketSet, socket_keys
+from edgeproxy.tls.files import CertificateSet
 
 
 def per_worker(config: Config) -> Config:
@@ -79,6 +80,20 @@ class Worker:
             task = asyncio.ensure_future(self._settled(msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif op == "certificates":  # between reloads (ACME): ControlRole.use_certificates
+            try:
+                self.dataplane.use_certificates(CertificateSet.from_wire(msg["certs"]))
+            except Exception as e:
+                self.channel.reply(msg, ok=False, error=reload.describe(e))
+            else:
+                self.channel.reply(msg, ok=True)
+        elif op == "challenges":  # ACME answers, pushed by the supervisor before it asks the CA
+            try:
+                self.dataplane.use_challenges(msg["board"])
+            except (KeyError, ValueError) as e:
+                self.channel.reply(msg, ok=False, error=str(e))
+            else:
+                self.channel.reply(msg, ok=True)
         elif op in ("config", "prepare", "stop"):
             self.queue.put_nowait(msg)
 
@@ -106,13 +121,13 @@ class Worker:
                 return await self.stop(msg)
             await self.prepare(msg)
 
-    async def _prepare(self, config: Config) -> Transaction:
+    async def _prepare(self, config: Config, certs: CertificateSet) -> Transaction:
         tx = Transaction()
         # A worker cannot bind: a socket the supervisor did not pass fails the step.
         tx.stage("sockets", lambda: self.sockets.stage(socket_keys(config)))
         tx.stage("log", lambda: log.prepare(config.log.level, config.log.access, config.log.format))
         tx.stage("pools", lambda: self.registry.stage(config.backends))
-        await tx.stage_async("listeners", lambda: self.dataplane.prepare(config))
+        await tx.stage_async("listeners", lambda: self.dataplane.prepare(config, certs))
         return tx
 
     async def prepare(self, msg: Message) -> None:
@@ -120,8 +135,12 @@ class Worker:
         self._finish_pending(False)
         self._preparing, self._abort_prepared = True, False
         try:
-            config = per_worker(reload.parse(str(msg["raw"]).encode(), str(msg["path"])))
-            tx = await self._prepare(config)
+            config = per_worker(reload.parse_message(msg))
+            # (PEM from the supervisor, which read the files: this process may not be allowed to)
+            certs = CertificateSet.from_wire(msg.get("certs") or {})
+            if msg.get("challenges"):
+                self.dataplane.use_challenges(msg["challenges"])
+            tx = await self._prepare(config, certs)
         except Exception as e:  # never let a reload end the worker: say why, keep serving
             self.channel.reply(msg, ok=False, error=reload.describe(e))
             if not self.started:

@@ -37,7 +37,11 @@ _PUBLIC = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicK
 
 class CertificateError(ValueError):
     """A certificate or key that cannot be served; the message says why (no YAML path: the caller
-    adds it)."""
+    adds it). ``part`` says which file is at fault: ``"cert"`` or ``"key"``."""
+
+    def __init__(self, message: str, part: str = "cert") -> None:
+        super().__init__(message)
+        self.part = part
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +84,18 @@ class Certificate:
 
     @classmethod
     def from_wire(cls, msg: dict[str, str]) -> Certificate:
-        return parse_certificate(msg["chain"].encode("ascii"), msg["key"].encode("ascii"), source=msg["source"])
+        # Checked when the control plane read it; a worker restarted after it expired must still
+        # start and serve what the running configuration holds.
+        return parse_certificate(
+            msg["chain"].encode("ascii"), msg["key"].encode("ascii"), source=msg["source"], check_expiry=False
+        )
 
 
 def read_certificate(cert_path: str, key_path: str | None, *, now: float | None = None) -> Certificate:
     """Read and check a certificate file (chain included) and its key file (``None``: the key is in
     the certificate file, as in HAProxy's ``crt`` files)."""
     chain = _read(cert_path, "certificate")
-    key = _read(key_path, "key") if key_path is not None else None
+    key = _read(key_path, "key", "key") if key_path is not None else None
     return parse_certificate(chain, key, source=cert_path, now=now)
 
 
@@ -99,13 +107,13 @@ def parse_certificate(
     if key_pem is None:
         found = _KEY_BLOCK.search(chain_pem)
         if found is None:
-            raise CertificateError("no private key: give `key`, or put the key in the certificate file")
+            raise CertificateError("no private key: give `key`, or put the key in the certificate file", "key")
         key_pem = found.group(0)
     certs = _certificates(chain_pem)
     leaf = certs[0]
     key = _private_key(key_pem)
     if key.public_key().public_bytes(*_PUBLIC) != leaf.public_key().public_bytes(*_PUBLIC):
-        raise CertificateError("the private key does not match the certificate (the first one in the file)")
+        raise CertificateError("the private key does not match the certificate (the first one in the file)", "key")
     try:
         not_before = leaf.not_valid_before_utc.timestamp()
         not_after = leaf.not_valid_after_utc.timestamp()
@@ -179,12 +187,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: str, what: str, part: str = "cert") -> bytes:
     try:
         with open(path, "rb") as fh:
             return fh.read(1 << 20)  # a chain is a few KiB; a 1 MiB cap keeps a wrong path harmless
     except OSError as e:
-        raise CertificateError(f"cannot read the {what} file {path}: {e.strerror or e}") from None
+        raise CertificateError(f"cannot read the {what} file {path}: {e.strerror or e}", part) from None
 
 
 def _certificates(chain_pem: bytes) -> list[x509.Certificate]:
@@ -198,13 +206,13 @@ def _certificates(chain_pem: bytes) -> list[x509.Certificate]:
 
 def _private_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
     if b"ENCRYPTED" in key_pem:
-        raise CertificateError("the private key is encrypted (edgeproxy needs it without a passphrase)")
+        raise CertificateError("the private key is encrypted (edgeproxy needs it without a passphrase)", "key")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except Exception as e:
-        raise CertificateError(f"not a valid PEM private key: {e}") from None
+        raise CertificateError(f"not a valid PEM private key: {e}", "key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
-        raise CertificateError(f"unsupported private key type {type(key).__name__}")
+        raise CertificateError(f"unsupported private key type {type(key).__name__}", "key")
     return key
 
 

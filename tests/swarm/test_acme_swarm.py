@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -249,6 +250,52 @@ def test_lock_lease_is_extended_while_held_and_lost_when_taken(swarm: Swarm, key
         assert not await ours(a, "lock")
 
     asyncio.run(scenario())
+
+
+def test_two_running_proxies_one_order_validated_at_the_other(
+    swarm: Swarm, pebble: Pebble, key_file: str, request: pytest.FixtureRequest
+) -> None:
+    """Two ``edgeproxy run`` (2 workers each) on storage swarm. pebble validates at 127.0.0.1,
+    where only A listens; B (127.0.0.2) orders the name. A's workers answer B's HTTP-01 challenge
+    (it reached A's supervisor through the swarm's configs, then its workers); B serves the
+    certificate; A, given the name by SIGHUP, serves the same one without an order of its own."""
+    from tests.acme.test_wired import NAME, first_certificate, open_tls, serial
+    from tests.helpers import HttpBackend, edgeproxy
+
+    backend = HttpBackend()
+    request.addfinalizer(backend.close)
+
+    def config(ip: str, names: list[str]) -> dict[str, object]:
+        return {
+            "workers": 2,
+            "log": {"access": "stderr"},
+            "listeners": [
+                {"name": "https", "bind": f"{ip}:{pebble.tlsalpn01_port}", "mode": "http", "backend": "web"}
+                | {"tls": {"acme": names}},
+                {"name": "http", "bind": f"{ip}:{pebble.http01_port}", "mode": "http", "backend": "web"},
+            ],
+            "backends": {"web": {"health": {"type": "none"}, "servers": [backend.address]}},
+            "swarm": {"managers": [swarm.url], "timeout": "2s"},
+            "acme": {"directory": pebble.directory, "ca": pebble.ca, "storage": "swarm", "encryption_key": key_file},
+        }
+
+    a_config = config("127.0.0.1", [])
+    with edgeproxy(a_config) as a, edgeproxy(config("127.0.0.2", [NAME])) as b:
+        started = time.monotonic()
+        seconds, b_serial = first_certificate(pebble, pebble.tlsalpn01_port, started, ip="127.0.0.2")
+        print(f"\nswarm storage, validated at the other instance: served by the orderer after {seconds:.2f} s")
+        a_config["listeners"][0]["tls"] = {"acme": [NAME]}  # type: ignore[index]
+        a.write_config(a_config)
+        a.send(signal.SIGHUP)
+        _, a_serial = first_certificate(pebble, pebble.tlsalpn01_port, time.monotonic())
+        assert a_serial == b_serial
+        with open_tls(pebble, pebble.tlsalpn01_port) as s:
+            assert serial(s) == b_serial
+    assert pebble.count("POST /order-plz") == 1
+    answered = [r for r in a.log_lines() if r.get("listener") == "http" and r.get("end") == "acme_http01"]
+    assert answered, "A did not answer the validation"
+    assert not [r for r in b.log_lines() if r.get("listener") == "http" and r.get("end") == "acme_http01"]
+    assert not [r for r in a.log_lines() if r.get("msg") == "acme: asking the CA to validate"]
 
 
 def test_a_cancelled_holder_still_releases_its_lock(swarm: Swarm, key_file: str) -> None:

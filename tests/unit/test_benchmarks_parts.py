@@ -15,6 +15,7 @@ import yaml
 from benchmarks import procs
 from benchmarks.proxies import Setup, edgeproxy_config, haproxy_config
 from benchmarks.scenarios import Target, select
+from benchmarks.tls_certs import certificate_file
 from edgeproxy.config import load_config
 
 BURN = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\n"
@@ -55,7 +56,8 @@ def test_cpu_seconds_sums_live_children() -> None:
 
 def test_edgeproxy_config_is_valid_for_every_mode(tmp_path: Path) -> None:
     d = tmp_path
-    for setup in (Setup("http", 8080), Setup("tcp", 8080, send_proxy=True, workers=2)):
+    pem = str(certificate_file(tmp_path, "ecdsa"))
+    for setup in (Setup("http", 8080), Setup("tcp", 8080, send_proxy=True, workers=2), Setup("http", 80, tls_pem=pem)):
         path = d / f"{setup.mode}.yaml"
         path.write_text(yaml.safe_dump(edgeproxy_config(setup, 9000)))
         cfg = load_config(str(path))
@@ -65,7 +67,12 @@ def test_edgeproxy_config_is_valid_for_every_mode(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 def test_haproxy_config_passes_haproxy_check(tmp_path: Path) -> None:
-    for setup in (Setup("http", 8080, workers=2), Setup("tcp", 8080, send_proxy=True)):
+    pem = str(certificate_file(tmp_path, "rsa"))
+    for setup in (
+        Setup("http", 8080, tls_pem=pem),
+        Setup("http", 8080, workers=2),
+        Setup("tcp", 8080, send_proxy=True),
+    ):
         path = tmp_path / "h.cfg"
         text = haproxy_config(setup, 9000)
         path.write_text(text)
@@ -87,7 +94,7 @@ def test_verdicts_and_selection() -> None:
     assert [bulk.verdict(v) for v in (1.3, 1.0, 0.5)] == ["meets goal", "meets first bar", "misses first bar"]
     assert [s.key for s in select(["4,1", "tcp-proxy-v2"])] == ["1", "3", "4"]
     with pytest.raises(ValueError, match="unknown scenario"):
-        select(["9"])
+        select(["99"])
 
 
 def test_ratio_is_the_median_of_the_rounds_ratios_with_its_spread() -> None:

@@ -134,7 +134,7 @@ backends:
   v1: {send_proxy: v1, servers: [127.0.0.1:53], swarm: {service: dns, port: 53}}
 """)
     text = "\n".join(errs)
-    assert "listeners[0].routes: routes need mode: http (this listener is tcp)" in text
+    assert "listeners[0].routes[0].path_prefix: a tcp route matches the TLS server name: use 'sni'" in text
     assert "listeners[1].accept_proxy: accept_proxy is not supported on udp listeners" in text
     assert "listeners[1].backend: backend 'v1' has send_proxy: v1, which has no datagram form" in text
     assert "listeners[2].routes[0]: a route needs 'host', 'path_prefix' or both" in text
@@ -174,3 +174,123 @@ def test_addresses() -> None:
         with pytest.raises(ValueError):
             parse_address(bad)
     assert parse_address("host.example:80", allow_hostname=True).host == "host.example"
+
+
+# -- tcp sni routes and backends.X.tls (issue 13) -------------------------------------------------
+SNI_LISTENER = """
+listeners:
+  - name: sni
+    bind: 127.0.0.1:8443
+    mode: tcp
+    backend: app
+    routes:
+"""
+
+
+def test_tcp_sni_routes_are_lower_cased_names_and_wildcards() -> None:
+    cfg = parse_config(
+        (
+            SNI_LISTENER + "      - {sni: Alpha.Example.COM., backend: app}\n"
+            "      - {sni: '*.beta.example.com', backend: app}\n"
+            "backends: {app: {servers: [127.0.0.1:9443]}}\n"
+        ).encode()
+    )
+    assert [r.sni for r in cfg.listeners[0].routes] == ["alpha.example.com", "*.beta.example.com"]
+    assert [r.host for r in cfg.listeners[0].routes] == [None, None]
+
+
+def test_tcp_sni_route_errors_name_the_yaml_path() -> None:
+    errs = "\n".join(
+        errors_of(
+            SNI_LISTENER + "      - {sni: 10.0.0.1, backend: app}\n"
+            "      - {sni: '*', backend: app}\n"
+            "      - {sni: 'a..b', backend: app}\n"
+            "      - {backend: app}\n"
+            "      - {sni: a.test, backend: nope}\n"
+            "backends: {app: {servers: [127.0.0.1:9443]}}\n"
+        )
+    )
+    assert "t.yaml:8: listeners[0].routes[0].sni: '10.0.0.1' is an IP address" in errs
+    assert "listeners[0].routes[1].sni: '*' is not a DNS name (e.g. example.com or *.example.com)" in errs
+    assert "listeners[0].routes[2].sni: 'a..b' is not a DNS name" in errs
+    assert "listeners[0].routes[3]: a tcp route needs 'sni'" in errs
+    assert "listeners[0].routes[4].backend:" in errs
+
+
+def test_backend_tls_defaults_and_ca_file_read_by_the_loader(tmp_path: Path) -> None:
+    import trustme
+
+    ca = tmp_path / "ca.pem"
+    # A bundle with a comment between certificates, as distributions ship them.
+    ca.write_bytes(
+        b"# ACME Root \xc3\xa9\n" + trustme.CA().cert_pem.bytes() + b"# second\n" + trustme.CA().cert_pem.bytes()
+    )
+    cfg = parse_config(
+        f"""
+listeners: [{{name: web, bind: 127.0.0.1:8080, mode: http, backend: a}}]
+backends:
+  a: {{servers: [127.0.0.1:9443], tls: {{}}}}
+  b: {{servers: [127.0.0.1:9443], tls: true}}
+  c: {{servers: [127.0.0.1:9443], tls: {{verify: false, sni: Db.Internal}}}}
+  d: {{servers: [127.0.0.1:9443], tls: {{ca: {ca}}}}}
+  e: {{servers: [127.0.0.1:9443], tls: off}}
+""".encode()
+    )
+    tls = {name: b.tls for name, b in cfg.backends.items()}
+    assert tls["a"] is not None and tls["a"].verify and tls["a"].ca is None
+    assert tls["b"] == tls["a"]
+    assert tls["c"] is not None and not tls["c"].verify and tls["c"].sni == "db.internal"
+    assert tls["d"] is not None and tls["d"].ca == str(ca) and tls["d"].ca_pem.count(b"BEGIN CERTIFICATE") == 2
+    assert b"#" not in tls["d"].ca_pem
+    assert tls["e"] is None
+    assert cfg.files() == {str(ca): tls["d"].ca_pem}
+
+
+def test_backend_tls_ca_errors_have_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.pem").write_bytes(b"")
+    (tmp_path / "bad.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    errs = "\n".join(
+        errors_of(f"""
+listeners: [{{name: web, bind: 127.0.0.1:8080, mode: http, backend: a}}]
+backends:
+  a: {{servers: [127.0.0.1:9443], tls: {{ca: {tmp_path}/missing.pem}}}}
+  b: {{servers: [127.0.0.1:9443], tls: {{ca: {tmp_path}/empty.pem}}}}
+  c: {{servers: [127.0.0.1:9443], tls: {{ca: {tmp_path}/bad.pem}}}}
+  d: {{servers: [127.0.0.1:9443], tls: {{ca: {tmp_path}}}}}
+  e: {{servers: [127.0.0.1:9443], tls: {{ca: /dev/zero}}}}
+  f: {{servers: [127.0.0.1:9443], tls: {{sni: 10.1.2.3, verify: 1, extra: x}}}}
+""")
+    )
+    assert f"t.yaml:4: backends.a.tls.ca: cannot read {tmp_path}/missing.pem: No such file or directory" in errs
+    assert (
+        f"t.yaml:5: backends.b.tls.ca: no PEM certificate (-----BEGIN CERTIFICATE-----) in {tmp_path}/empty.pem" in errs
+    )
+    assert f"t.yaml:6: backends.c.tls.ca: {tmp_path}/bad.pem holds a certificate OpenSSL cannot read" in errs
+    assert f"t.yaml:7: backends.d.tls.ca: {tmp_path} is not a regular file" in errs
+    assert "t.yaml:8: backends.e.tls.ca: /dev/zero is not a regular file" in errs
+    assert "t.yaml:9: backends.f.tls.sni: '10.1.2.3' is an IP address" in errs
+    assert "backends.f.tls" in errs and "extra" in errs
+
+
+def test_udp_backend_with_tls_is_refused() -> None:
+    errs = "\n".join(
+        errors_of("""
+listeners: [{name: dns, bind: 127.0.0.1:5353, mode: udp, backend: a}]
+backends: {a: {servers: [127.0.0.1:53], tls: {}}}
+""")
+    )
+    assert "listeners[0].backend: backend 'a' has tls, which udp does not speak" in errs
+
+
+def test_oversized_ca_file_is_refused(tmp_path: Path) -> None:
+    from edgeproxy.config.files import MAX_FILE_BYTES
+
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    errs = "\n".join(
+        errors_of(f"""
+listeners: [{{name: web, bind: 127.0.0.1:8080, mode: http, backend: a}}]
+backends: {{a: {{servers: [127.0.0.1:9443], tls: {{ca: {big}}}}}}}
+""")
+    )
+    assert f"{big} is larger than 4 MiB" in errs

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgeproxy.balance import ServerState
 from edgeproxy.config import Listener
-from edgeproxy.config.values import parse_address
+from edgeproxy.config.values import acme_name_error, parse_address
 from edgeproxy.discovery.labels import LabelError, label_backend
 from edgeproxy.discovery.swarm_model import (
     INGRESS_HINT,
@@ -140,6 +142,29 @@ def test_labels_make_backend_and_route_on_first_http_listener() -> None:
     assert (lb.listener, lb.route, lb.backend.send_proxy, lb.backend.health.path) == ("raw", None, "v2", "/hz")
 
 
+def test_tls_label_asks_an_acme_certificate_for_the_host() -> None:
+    lb = label_backend(labelled(enable="true", host="Shop.Example.com.", tls="true"), LISTENERS)
+    assert lb.acme_host == "shop.example.com"
+    assert label_backend(labelled(enable="true", host="a.test", tls="false"), LISTENERS).acme_host is None
+    assert label_backend(labelled(enable="true", host="a.test"), LISTENERS).acme_host is None
+
+
+_LABEL_TEXT = st.one_of(st.text(max_size=80), st.sampled_from(["true", "TRUE", "a.test", "../x", "a..b", "-a.b"]))
+
+
+@given(host=_LABEL_TEXT, tls=_LABEL_TEXT)
+def test_tls_and_host_labels_are_total(host: str, tls: str) -> None:
+    """Any label text: a backend or a LabelError; a host that gets a certificate is a DNS name
+    (it names files in the ACME storage: no '/', no '..')."""
+    try:
+        lb = label_backend(labelled(enable="true", host=host, tls=tls), LISTENERS)
+    except LabelError:
+        return
+    if lb.acme_host is not None:
+        assert acme_name_error(lb.acme_host) is None
+        assert "/" not in lb.acme_host and ".." not in lb.acme_host
+
+
 @pytest.mark.parametrize(
     ("labels", "error"),
     [
@@ -149,6 +174,10 @@ def test_labels_make_backend_and_route_on_first_http_listener() -> None:
         ({"listener": "nope"}, "no such listener"),
         ({"colour": "blue"}, "unknown label"),
         ({"path_prefix": "v1"}, "must start with /"),
+        ({"tls": "true"}, "needs edgeproxy.host"),
+        ({"tls": "maybe", "host": "a.test"}, "expected true or false"),
+        ({"tls": "true", "host": "../../etc"}, "not a DNS name"),  # a file name in the ACME storage
+        ({"tls": "true", "host": "10.0.0.1"}, "IP address"),
     ],
 )
 def test_bad_labels_are_reported(labels: dict[str, str], error: str) -> None:
