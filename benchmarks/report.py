@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,39 @@ RATIOS = [
 ]
 
 
-def _ratio(a: dict[str, float], b: dict[str, float], key: str | None) -> float | None:
-    if key is None or not a.get(key) or not b.get(key):
-        return None
-    return round(a[key] / b[key], 3)
+def round_ratios(entry: dict[str, Any], key: str | None) -> list[float]:
+    """edgeproxy/HAProxy of one figure, round by round: the rounds alternate (A B A B), so each
+    pair ran under the same drift of a shared machine."""
+    if key is None:
+        return []
+    theirs = {r["round"]: r for r in entry["proxies"][B]["rounds"] if "error" not in r}
+    out = []
+    for r in entry["proxies"][A]["rounds"]:
+        other = theirs.get(r.get("round"))
+        if "error" not in r and other is not None and r.get(key) and other.get(key):
+            out.append(r[key] / other[key])
+    return out
 
 
 def ratios(entry: dict[str, Any]) -> dict[str, float | None]:
-    """edgeproxy/HAProxy for each compared figure of one scenario."""
-    a, b = entry["proxies"][A]["median"], entry["proxies"][B]["median"]
+    """edgeproxy/HAProxy for each compared figure of one scenario: the median of the rounds' ratios
+    (one noisy round cannot make or break a verdict)."""
     idle = entry["kind"] == "idle"
-    return {label: _ratio(a, b, idle_key if idle else key) for label, key, idle_key in RATIOS}
+    out: dict[str, float | None] = {}
+    for label, key, idle_key in RATIOS:
+        per_round = round_ratios(entry, idle_key if idle else key)
+        out[label] = round(statistics.median(per_round), 3) if per_round else None
+    return out
+
+
+def spreads(entry: dict[str, Any]) -> dict[str, tuple[float, float] | None]:
+    """The min and max of the rounds' ratios behind each median of ``ratios``."""
+    idle = entry["kind"] == "idle"
+    out: dict[str, tuple[float, float] | None] = {}
+    for label, key, idle_key in RATIOS:
+        per_round = round_ratios(entry, idle_key if idle else key)
+        out[label] = (round(min(per_round), 3), round(max(per_round), 3)) if per_round else None
+    return out
 
 
 def key_figure(entry: dict[str, Any], by_key: dict[str, dict[str, Any]]) -> tuple[float | None, str]:
@@ -79,6 +102,7 @@ def finish(entries: list[dict[str, Any]]) -> None:
     for e in entries:
         both = all(e["proxies"][p]["status"] == "ok" for p in (A, B))
         e["ratios"] = ratios(e) if both else {label: None for label, _, _ in RATIOS}
+        e["spreads"] = spreads(e) if both else {label: None for label, _, _ in RATIOS}
         value, goal_text = key_figure(e, by_key)
         t = _scenario(e["key"]).target
         e["target"] = {"metric": t.metric, "value": value, "first_bar": t.first_bar, "goal": goal_text,
@@ -87,6 +111,14 @@ def finish(entries: list[dict[str, Any]]) -> None:
 
 def _cell(v: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
+
+
+def _ratio_cell(e: dict[str, Any], label: str) -> str:
+    """The median ratio and, over more than one round, its min-max across rounds."""
+    v, spread = e["ratios"][label], e.get("spreads", {}).get(label)
+    if v is None or spread is None or spread[0] == spread[1]:
+        return _cell(v)
+    return f"{v:.2f} ({spread[0]:.2f}-{spread[1]:.2f})"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -122,17 +154,18 @@ def markdown(result: dict[str, Any]) -> str:
                 )
     lines += [
         "",
-        "Ratios edgeproxy / HAProxy (CPU, latency, RSS: lower is better; throughput: higher is better):",
+        "Ratios edgeproxy / HAProxy, the median of the rounds' ratios (min-max across rounds in brackets; "
+        "CPU, latency, RSS: lower is better; throughput: higher is better):",
         "",
         "| # | scenario | CPU/request | throughput | p99 | peak RSS | key figure | first bar | goal | verdict |",
         "|---|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for e in result["scenarios"]:
-        r, t = e["ratios"], e["target"]
+        t = e["target"]
         first = _first_bar_text(e["key"])
         lines.append(
-            f"| {e['key']} | {e['title']} | {_cell(r['CPU/request'])} | {_cell(r['throughput'])} | "
-            f"{_cell(r['p99 latency'])} | {_cell(r['peak RSS'])} | {_cell(t['value'], '{:g}')} | {first} | "
+            f"| {e['key']} | {e['title']} | {_ratio_cell(e, 'CPU/request')} | {_ratio_cell(e, 'throughput')} | "
+            f"{_ratio_cell(e, 'p99 latency')} | {_ratio_cell(e, 'peak RSS')} | {_cell(t['value'], '{:g}')} | {first} | "
             f"{t['goal']} | {t['verdict']} |"
         )
     shared = opts["load_cpus"] is not None and opts["load_cpus"] in str(opts["two_worker_cpus"]).split(",")

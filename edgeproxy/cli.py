@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edgeproxy import __version__
+from edgeproxy import __version__, build
 from edgeproxy.config import Config, ConfigError, load_config
 from edgeproxy.config.values import printable
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge load balancer for Docker Swarm host-mode ports that hands backends "
         "the real client address (X-Forwarded-For, PROXY protocol v1/v2).",
     )
-    parser.add_argument("--version", action="version", version=f"edgeproxy {__version__}")
+    parser.add_argument("--version", action="version", version=f"edgeproxy {__version__} ({build.description})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run in the foreground until SIGTERM/SIGINT (SIGHUP reloads)")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")

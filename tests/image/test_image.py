@@ -100,6 +100,9 @@ def test_image_is_built_from_the_pins_with_its_metadata(built_image: BuiltImage,
     installed = dict(line.split("==") for line in r.stdout.split())
     assert installed.pop("edgeproxy") == labels["org.opencontainers.image.version"]
     assert installed == {name: str(spec) for name, spec in pins("image").items()}
+    # The build stage compiled the hot path (issue 15): a fallback to pure Python would be silent.
+    r = subprocess.run([*run[:-3], TAG, "--version"], capture_output=True, text=True, timeout=60, check=True)
+    assert "compiled: mypyc" in r.stdout, r.stdout
 
 
 def test_client_in_its_own_namespace_through_ports_80_and_443(

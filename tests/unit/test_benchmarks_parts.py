@@ -95,3 +95,25 @@ def test_verdicts_and_selection() -> None:
     assert [s.key for s in select(["4,1", "tcp-proxy-v2"])] == ["1", "3", "4"]
     with pytest.raises(ValueError, match="unknown scenario"):
         select(["99"])
+
+
+def test_ratio_is_the_median_of_the_rounds_ratios_with_its_spread() -> None:
+    from benchmarks.report import _ratio_cell, ratios, spreads
+
+    def rounds(*cpu: float) -> list[dict[str, float]]:
+        return [{"round": i + 1, "cpu_us_per_req": c, "req_per_s": 1000.0} for i, c in enumerate(cpu)]
+
+    # Round 2 is a noisy one for edgeproxy alone; round 3 failed for HAProxy (no pair, no ratio).
+    entry = {
+        "kind": "wrk",
+        "proxies": {
+            "edgeproxy": {"rounds": rounds(12.0, 30.0, 11.0, 13.0)},
+            "haproxy": {"rounds": [*rounds(10.0, 10.0), {"round": 3, "error": "x"}, *rounds(0, 0, 0, 10.0)[3:]]},
+        },
+    }
+    assert ratios(entry)["CPU/request"] == 1.3  # median of 1.2, 3.0, 1.3
+    assert spreads(entry)["CPU/request"] == (1.2, 3.0)
+    assert ratios(entry)["p99 latency"] is None  # no such figure in these rounds
+    entry |= {"ratios": ratios(entry), "spreads": spreads(entry)}
+    assert _ratio_cell(entry, "CPU/request") == "1.30 (1.20-3.00)"
+    assert _ratio_cell(entry, "throughput") == "1.00"  # the same in every round: no spread to show

@@ -496,3 +496,39 @@ def test_bare_lf_then_crlf_blank_line_ends_a_response_head_in_one_read_too() -> 
     ended the head when it came in pieces, but in one read the bounded search missed it (it
     stopped at the CRLF CRLF that the blank line starts) and the response was a 502."""
     assert bare_lf_head(b"HTTP/1.1 200 OK\r\nX: y\n\r\n\r\n") == b"HTTP/1.1 200 OK\r\nX: y\r\n\r\n\r\n"
+
+
+def test_an_idle_keep_alive_parser_holds_no_llhttp_parser() -> None:
+    """Issue 15: 10k idle connections each kept a 0.6 KiB llhttp parser between requests."""
+    import tracemalloc
+
+    get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        parsers = [RequestParser() for _ in range(2000)]
+        for p in parsers:
+            p.parse(get)
+        per_parser = (tracemalloc.get_traced_memory()[0] - before) / len(parsers)
+    finally:
+        tracemalloc.stop()
+    assert per_parser < 700, per_parser  # 1147 B with its own llhttp
+
+
+def test_llhttp_parsers_shared_between_messages_keep_each_connection_right() -> None:
+    a, b = RequestParser(), RequestParser()
+    a.parse(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    b.parse(b"GET /b HTTP/1.1\r\nHost: b\r\n\r\n")  # takes a parser from between messages, if any
+    assert not a.feed_body(b"3\r\nabc\r\n")
+    assert a.feed_body(b"0\r\n\r\n")  # a's message ends: a's llhttp goes back for anyone's next head
+    b.parse(b"PUT /b2 HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\n")
+    assert (b.method, b.content_length) == (b"PUT", 2)
+    assert b.feed_body(b"ok")
+    a.parse(b"GET /a2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert (a.target, a.keep_alive) == (b"/a2", False)
+    # after a message that ends the connection its llhttp refuses more: never given to another
+    c = RequestParser()
+    c.parse(b"GET /c HTTP/1.1\r\nHost: c\r\n\r\n")
+    assert c.target == b"/c"
+    with pytest.raises(HttpError):
+        a.parse(b"GET /a3 HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "edgeproxy"
 
 # Modules any layer may import; they import only each other.
-LEAF = {"version", "log", "stats", "metrics", "staged"}
+LEAF = {"version", "build", "log", "stats", "metrics", "staged"}
 DOMAIN = {"admin", "discovery", "health"}
 TOP = {"runtime", "cli", "demo", "main"}  # the composition root and the entry points: may import anything
 

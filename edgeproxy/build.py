@@ -1,0 +1,102 @@
+"""Which build of edgeproxy is running: the hot path compiled to C by mypyc, or pure Python.
+
+``pip install .`` compiles the modules in ``COMPILED`` with mypyc where a C compiler is there
+(setup.py) and installs them next to their ``.py`` sources, which stay the fallback: a machine
+without a compiler, or ``EDGEPROXY_PURE_PYTHON=1`` at install time, gets the pure-Python modules
+only. The build writes ``STAMP`` beside them: the digest of the sources it compiled.
+
+At run time the compiled modules are used unless
+- ``EDGEPROXY_PURE_PYTHON=1`` is set (the same code, interpreted: CI runs the tests both ways), or
+- the sources changed since the build (an editable install whose .py files were edited: Python
+  would otherwise load the stale compiled module, which shadows the edited source).
+Then an import hook loads every module of ``COMPILED`` from its ``.py`` file, all of them or none
+(compiled modules call one another directly, so a mix would run the stale code anyway).
+
+A leaf module: nothing of edgeproxy, imported by ``edgeproxy/__init__.py`` before anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+# The hot path of a request (issue 15). Not the package __init__ files: they stay Python.
+COMPILED = (
+    "edgeproxy.proto.http1",
+    "edgeproxy.proto.http_request",
+    "edgeproxy.proto.http_response",
+    "edgeproxy.proto.forwarded",
+    "edgeproxy.proto.routing",
+    "edgeproxy.proto.names",
+    "edgeproxy.balance.server",
+    "edgeproxy.balance.algorithms",
+    "edgeproxy.pools.pool",
+    "edgeproxy.net.upstream_pool",
+    "edgeproxy.net.http_upstream",
+    "edgeproxy.net.http_relay",
+    "edgeproxy.net.tcp_relay",
+)
+STAMP = "compiled.stamp"  # beside this file: "<compiler> <version> <sources digest>"
+PURE_ENV = "EDGEPROXY_PURE_PYTHON"
+
+_ROOT = Path(__file__).resolve().parent
+
+
+def source_path(module: str, root: Path = _ROOT) -> Path:
+    """``edgeproxy.proto.http1`` -> ``<root>/proto/http1.py``."""
+    return root.joinpath(*module.split(".")[1:]).with_suffix(".py")
+
+
+def sources_digest(root: Path = _ROOT, modules: Sequence[str] = COMPILED) -> str:
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(module.encode() + b"\0" + source_path(module, root).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _compiled_present(root: Path) -> bool:
+    first = source_path(COMPILED[0], root)
+    return any(first.with_suffix(suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _decide(root: Path = _ROOT) -> tuple[bool, str]:
+    """(use the compiled modules?, what to say about the build)."""
+    if not _compiled_present(root):
+        return False, "pure Python"
+    try:
+        compiler, version, digest = (root / STAMP).read_text().split()
+    except (OSError, ValueError):
+        return False, "pure Python: compiled modules without a build stamp"
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return False, f"pure Python: {PURE_ENV} set"
+    try:
+        current = sources_digest(root)
+    except OSError:
+        current = digest  # an install without the sources: the compiled modules are all there is
+    if current != digest:
+        return False, f"pure Python: sources changed since the {compiler} build"
+    return True, f"compiled: {compiler} {version}, {len(COMPILED)} modules"
+
+
+class _SourceFirst(importlib.abc.MetaPathFinder):
+    """Loads the modules of ``COMPILED`` from their .py files even where a compiled one exists."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _PURE_SET:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source_path(fullname))
+
+
+_PURE_SET = frozenset(COMPILED)
+compiled, description = _decide()
+if not compiled and _compiled_present(_ROOT) and not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
+    sys.meta_path.insert(0, _SourceFirst())
