@@ -39,6 +39,7 @@ from edgeproxy.acme.storage import (
     dumps,
     email_slug,
     loads,
+    run_to_end,
 )
 
 _LOCK_POLL = 0.2
@@ -225,7 +226,10 @@ async def _to_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R
     """Run file work in a thread; an OS error is the storage being unavailable (a full disk, a
     permission problem): the manager logs it and tries again later."""
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        # A cancelled caller (the manager closing) waits for the thread all the same: the
+        # thread would write on after the storage was closed, and a restart could find the
+        # certificate's key written and its chain not yet.
+        return await run_to_end(asyncio.to_thread(fn, *args, **kwargs))
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         raise StorageUnavailable(f"{where}{e.strerror or e}") from None

@@ -12,12 +12,13 @@ the manager keeps serving what it already has.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from edgeproxy.acme.board import Challenge
@@ -157,3 +158,25 @@ def loads(raw: bytes, what: str) -> Any:
         return json.loads(raw)
     except ValueError as e:
         raise StorageError(f"{what}: not JSON ({e})") from None
+
+
+T = TypeVar("T")
+
+
+async def run_to_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; then the cancellation
+    goes on. A storage write cut short by a shutdown would leave a lock held until its lease runs
+    out (swarm), or a file half written while the storage is already closed (directory: the
+    thread goes on without anyone waiting). ``work`` must be bounded (API timeouts, file I/O)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ from edgeproxy.acme.storage import (
     dumps,
     email_slug,
     loads,
+    run_to_end,
 )
 from edgeproxy.acme.swarm_api import CONFLICT, NOT_FOUND, SwarmConfigs, config_data, config_labels
 from edgeproxy.discovery.docker_api import APIError
@@ -262,7 +263,7 @@ class SwarmStorage:
             # A shutdown cancels the order's task, often right after the certificate arrived and
             # while this release is on its way: it is finished first (the manager's close waits
             # for it), or every other instance would wait out the lease for nothing.
-            await _uncancellable(self._release(held, key))
+            await run_to_end(self._release(held, key))
 
     async def _release(self, held: _SwarmLease, key: str) -> None:
         try:
@@ -326,20 +327,6 @@ class SwarmStorage:
 
     async def close(self) -> None:
         return
-
-
-async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` to its end even if the caller is cancelled meanwhile; then the cancellation
-    goes on. (``work`` is bounded: the Engine API client has its own timeouts.)"""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
 
 
 def _newer(a: str, b: str) -> bool:

@@ -354,3 +354,23 @@ def test_manager_renews_when_renewal_information_says_so(recorded_ca: tuple[str,
     assert m.ari_when is not None and m.ari_when < time.time()
     assert f"/acme/renewal-info/{ARI_PATH}" in seen
     assert m.status.last_attempt is not None and m.status.next_attempt is not None  # tried, then backed off
+
+
+def test_a_cancelled_save_has_written_its_files_when_the_cancellation_arrives(tmp_path: Path) -> None:
+    """The manager closing cancels a save in its thread: the caller's cancellation waits for the
+    thread, so no half-saved certificate (a key without its chain, a .tmp file) is left for the
+    next start (found as a flaky tests/acme/test_pebble_dir.py::test_restart_reuses_storage)."""
+    big = b"k" * (32 << 20)  # long enough to write that the cancellation surely comes first
+
+    async def scenario() -> None:
+        storage = DirStorage(str(tmp_path), "https://ca.test/dir")
+        task = asyncio.create_task(storage.save_certificate(StoredCertificate("a.test", ("a.test",), big, big, 0.0)))
+        await asyncio.sleep(0.01)  # the thread is writing
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        files = {p.name: p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()}
+        assert not [n for n in files if n.endswith(".tmp")], files
+        assert files.get("a.test.key") == len(big) and files.get("a.test.crt") == len(big), files
+
+    asyncio.run(scenario())
