@@ -7,10 +7,10 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+
+from edgeproxy.tls.certificates import self_signed
 
 NAME = "bench.test"
 KEY_TYPES = ("ecdsa", "rsa")  # ECDSA P-256, RSA 2048
@@ -29,18 +29,7 @@ def certificate_file(workdir: Path, key_type: str) -> Path:
     else:
         raise ValueError(f"key type {key_type!r}: one of {', '.join(KEY_TYPES)}")
     now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed(NAME, key, now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
     pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

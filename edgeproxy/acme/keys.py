@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgeproxy.tls.certificates import self_signed
+
 ACME_TLS_ALPN = "acme-tls/1"
 """RFC 8737 section 6.2: the ALPN protocol id of a TLS-ALPN-01 validation."""
 
@@ -66,18 +68,9 @@ def tls_alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, byte
     key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
     now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        # DER OCTET STRING (tag 0x04, length 32) around the digest, as RFC 8737 section 3 says
-        .add_extension(x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
-        .sign(key, hashes.SHA256())
+    # DER OCTET STRING (tag 0x04, length 32) around the digest, as RFC 8737 section 3 says
+    identifier = x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, b"\x04\x20" + digest)
+    cert = self_signed(
+        name, key, now - datetime.timedelta(minutes=1), now + datetime.timedelta(days=7), [(identifier, True)]
     )
     return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)

@@ -14,6 +14,7 @@ that is not a peer's); OpenSSL through ``ssl`` does all the TLS.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import os
 import re
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
@@ -239,3 +240,29 @@ def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
 
 def _date(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def self_signed(
+    name: str,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+) -> x509.Certificate:
+    """A certificate for ``name`` alone (common name and subjectAltName) signed by its own key,
+    with ``extensions`` (extension, critical) added: a TLS-ALPN-01 answer (acme/keys.py), the
+    benchmarks' certificate."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+    )
+    for ext, critical in extensions:
+        builder = builder.add_extension(ext, critical=critical)
+    return builder.sign(key, hashes.SHA256())
