@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import socket
 
     from edgeproxy.balance import Server
+    from edgeproxy.config import Timeouts
     from edgeproxy.net.context import ListenerContext
     from edgeproxy.net.tls_info import TlsInfo
     from edgeproxy.pools import BackendPool
@@ -77,16 +78,21 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 _FORBIDDEN_TRAILERS = FORWARDING_NAMES | {b"host", b"content-length", b"transfer-encoding"}
 
 _UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
+# One tuple per distinct setting, shared by the connections (an 11-tuple each: 128 bytes apiece).
+_LIMITS: dict[tuple[Timeouts, float], tuple[float, ...]] = {}
 
 
 def _limits(ctx: ListenerContext) -> tuple[float, ...]:
     """Seconds allowed in each state, from the listener's timeouts (0: no deadline)."""
     t = ctx.timeouts
     idle = ctx.idle_timeout
-    # PROXY NEW IDLE HEAD CONNECTING BODY WAIT RESPONSE TUNNEL LINGER CLOSED
-    # CONNECTING has none of its own: connect_upstream bounds every attempt by timeouts.connect.
-    return (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle, t.server_idle, idle, idle,
-            LINGER_SECONDS, 0.0)  # fmt: skip
+    limits = _LIMITS.get((t, idle))
+    if limits is None:
+        # PROXY NEW IDLE HEAD CONNECTING BODY WAIT RESPONSE TUNNEL LINGER CLOSED
+        # CONNECTING has none of its own: connect_upstream bounds every attempt by timeouts.connect.
+        limits = _LIMITS[(t, idle)] = (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle,
+                                       t.server_idle, idle, idle, LINGER_SECONDS, 0.0)  # fmt: skip
+    return limits
 
 
 class HttpListener(TcpListener):
@@ -714,6 +720,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.state = IDLE  # (_enter(IDLE, now) inlined: see _dispatch)
         self.entered = now
+        self.up_head = b""  # (kept for a resend until now: an idle connection holds no head)
         if now + self.limits[IDLE] < self.timer_at:
             self._arm(now + self.limits[IDLE])
         if self.held:
