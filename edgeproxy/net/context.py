@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from edgeproxy.config import Listener, Route, Timeouts
+from edgeproxy.net.deadlines import Deadlines
 from edgeproxy.pools import BackendPool
 from edgeproxy.proto.forwarded import ForwardingPolicy
 from edgeproxy.proto.names import NameTable
@@ -38,6 +39,7 @@ class ListenerContext:
         self.loop = loop
         self.pools = pools
         self.connections: set[Closable] = set()
+        self.deadlines = Deadlines(loop)  # http connections' timers (net/deadlines.py)
         self.stats = ListenerStats()
         self.on_count: Callable[[int], None] | None = None  # set by the accept gate
         # ACME HTTP-01 (acme/answers.py ``http01_response`` bound to the challenge board): the

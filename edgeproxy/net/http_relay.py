@@ -200,7 +200,7 @@ class HttpConnection(asyncio.Protocol):
         self.linger = False  # close after an error answer: see _linger
         self.bytes_in = 0
         self.bytes_out = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = 0  # the slot of its deadline in ctx.deadlines (net/deadlines.py), 0: none
         self.timer_at = INF
         self.task: asyncio.Task[None] | None = None
         # the request in flight
@@ -233,13 +233,14 @@ class HttpConnection(asyncio.Protocol):
         return since + self.limits[state]
 
     def _arm(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        deadlines = self.ctx.deadlines
+        if self.timer:
+            deadlines.discard(self, self.timer)
         self.timer_at = when
-        self.timer = self.loop.call_at(when, self._on_timer)
+        self.timer = deadlines.add(self, when)
 
-    def _on_timer(self) -> None:
-        self.timer = None
+    def on_deadline(self) -> None:
+        self.timer = 0
         self.timer_at = INF
         state = self.state
         if not self.limits[state]:
@@ -624,9 +625,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.close("client_closed" if self.closed is None else self.closed)
         self.state = CLOSED
-        if self.timer is not None:  # LINGER's
-            self.timer.cancel()
-            self.timer = None
+        if self.timer:  # LINGER's
+            self.ctx.deadlines.discard(self, self.timer)
+            self.timer = 0
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -935,9 +936,9 @@ class HttpConnection(asyncio.Protocol):
             t.resume_reading()
             self._enter(LINGER, self.loop.time())
         else:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            if self.timer:
+                self.ctx.deadlines.discard(self, self.timer)
+                self.timer = 0
             if abort:
                 t.abort()
             else:
