@@ -21,6 +21,8 @@ from edgeproxy.proto.routing import RouteTable
 from edgeproxy.stats import ListenerStats
 from edgeproxy.tls.contexts import ListenerContexts
 
+_MAX_LOCAL = 256  # local addresses remembered per listener (a wildcard bind on a host with many)
+
 
 class Closable(Protocol):
     def close(self, reason: str, *, abort: bool = False) -> None: ...
@@ -40,6 +42,7 @@ class ListenerContext:
         self.pools = pools
         self.connections: set[Closable] = set()
         self.deadlines = Deadlines(loop)  # http connections' timers (net/deadlines.py)
+        self._local: dict[tuple[str, int], tuple[str, int]] = {}  # see local_address
         self.stats = ListenerStats()
         self.on_count: Callable[[int], None] | None = None  # set by the accept gate
         # ACME HTTP-01 (acme/answers.py ``http01_response`` bound to the challenge board): the
@@ -102,6 +105,13 @@ class ListenerContext:
         routes = (*listener.routes, *self._extra_routes)
         # None: no routes at all, every request goes to the listener's backend without a lookup.
         self.route_table = RouteTable(routes, listener.backend) if routes else None
+
+    def local_address(self, sockname: tuple[Any, ...]) -> tuple[str, int]:
+        """The (host, port) a connection reached (``sockname``): one tuple per address for all
+        the listener's connections, rather than a tuple, a string and an int for each
+        (~150 bytes per connection; a listener has few local addresses)."""
+        key = (sockname[0], sockname[1])
+        return self._local.setdefault(key, key) if len(self._local) < _MAX_LOCAL else key
 
     def must_send_proxy_header(self, peer_ip: str) -> bool:
         if not self.trusted_proxies:

@@ -8,7 +8,7 @@ members has one loop timer (cancelled when its last member leaves): a connection
 entry, and arming or moving a deadline is a set operation rather than a timer allocation.
 
 A deadline fires up to ``RESOLUTION`` late (never early: its slot ends after it), which the
-callback sees as the loop's time and is free to re-arm from (http_relay's ``_on_timer`` checks
+callback sees as the loop's time and is free to re-arm from (http_relay's ``on_deadline`` checks
 the real deadline of the state it is in).
 """
 
@@ -20,48 +20,60 @@ from typing import Protocol
 RESOLUTION = 0.05  # seconds: how late a deadline may fire
 
 
-def slot_time(slot: int) -> float:
-    """When the loop timer of ``slot`` fires: the end of the slot."""
-    return slot * RESOLUTION
-
-
 class Expiring(Protocol):
     def on_deadline(self) -> None: ...
+
+
+class Slot:
+    """The deadlines due in one time slot: what a connection holds while it waits (shared: a
+    connection costs its entry in ``members``, no object of its own)."""
+
+    __slots__ = ("handle", "members", "number")
+
+    def __init__(self, number: int, handle: asyncio.TimerHandle) -> None:
+        self.number = number
+        self.handle = handle  # the loop timer that fires the slot
+        self.members: set[Expiring] = set()
+
+    @property
+    def when(self) -> float:
+        """When the slot fires: its end."""
+        return self.number * RESOLUTION
 
 
 class Deadlines:
     """The deadlines of one event loop's connections (one per listener context)."""
 
-    __slots__ = ("loop", "slots", "timers")
+    __slots__ = ("loop", "slots")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.slots: dict[int, set[Expiring]] = {}  # slot number -> who is due in it
-        self.timers: dict[int, asyncio.TimerHandle] = {}  # slot number -> its loop timer
+        self.slots: dict[int, Slot] = {}  # by number
 
-    def add(self, who: Expiring, when: float) -> int:
+    def add(self, who: Expiring, when: float) -> Slot:
         """``who.on_deadline()`` at ``when`` (or up to RESOLUTION later); returns the slot, to
-        ``discard`` it with (a slot number is never 0)."""
-        slot = int(when / RESOLUTION) + 1
-        members = self.slots.get(slot)
-        if members is None:
-            members = self.slots[slot] = set()
-            self.timers[slot] = self.loop.call_at(slot_time(slot), self._fire, slot)
-        members.add(who)
+        ``discard`` it with."""
+        number = int(when / RESOLUTION) + 1
+        slot = self.slots.get(number)
+        if slot is None:
+            handle = self.loop.call_at(number * RESOLUTION, self._fire, number)
+            slot = self.slots[number] = Slot(number, handle)
+        slot.members.add(who)
         return slot
 
-    def discard(self, who: Expiring, slot: int) -> None:
-        members = self.slots.get(slot)
-        if members is not None:
-            members.discard(who)
-            if not members:
-                del self.slots[slot]
-                self.timers.pop(slot).cancel()
+    def discard(self, who: Expiring, slot: Slot) -> None:
+        members = slot.members
+        members.discard(who)
+        if not members and self.slots.get(slot.number) is slot:
+            del self.slots[slot.number]
+            slot.handle.cancel()
 
-    def _fire(self, slot: int) -> None:
-        del self.timers[slot]
-        members = self.slots.pop(slot)
-        for who in members:
+    def _fire(self, number: int) -> None:
+        slot = self.slots.pop(number)
+        members = slot.members
+        for who in list(members):
+            if who not in members:
+                continue  # discarded by an earlier callback (a connection closed by another)
             try:
                 who.on_deadline()
             except Exception as e:  # one connection's failure must not cost the others their deadline
@@ -70,4 +82,4 @@ class Deadlines:
                 )
 
     def __len__(self) -> int:
-        return sum(len(m) for m in self.slots.values())
+        return sum(len(s.members) for s in self.slots.values())

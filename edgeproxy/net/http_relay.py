@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from edgeproxy.balance import Server
     from edgeproxy.config import Timeouts
     from edgeproxy.net.context import ListenerContext
+    from edgeproxy.net.deadlines import Slot
     from edgeproxy.net.tls_info import TlsInfo
     from edgeproxy.pools import BackendPool
 
@@ -200,14 +201,14 @@ class HttpConnection(asyncio.Protocol):
         self.linger = False  # close after an error answer: see _linger
         self.bytes_in = 0
         self.bytes_out = 0
-        self.timer = 0  # the slot of its deadline in ctx.deadlines (net/deadlines.py), 0: none
+        self.timer: Slot | None = None  # its deadline's, in ctx.deadlines (net/deadlines.py)
         self.timer_at = INF
         self.task: asyncio.Task[None] | None = None
         # the request in flight
         self.in_request = False
         self.up_head = b""
         self.resends = 0
-        self.tried: list[Server] = []
+        self.tried: tuple[Server, ...] = ()  # (a tuple: most requests never add to it)
         self.status = 0
         self.req_in = 0
         self.req_out = 0
@@ -234,13 +235,13 @@ class HttpConnection(asyncio.Protocol):
 
     def _arm(self, when: float) -> None:
         deadlines = self.ctx.deadlines
-        if self.timer:
+        if self.timer is not None:
             deadlines.discard(self, self.timer)
         self.timer_at = when
         self.timer = deadlines.add(self, when)
 
     def on_deadline(self) -> None:
-        self.timer = 0
+        self.timer = None
         self.timer_at = INF
         state = self.state
         if not self.limits[state]:
@@ -284,7 +285,7 @@ class HttpConnection(asyncio.Protocol):
         peer = t.get_extra_info("peername")
         local = t.get_extra_info("sockname")
         self.client = (peer[0], peer[1])
-        self.dest = (local[0], local[1])
+        self.dest = ctx.local_address(local)
         # (Behind TLS the layer read the PROXY header before the handshake: net/tls.py.)
         if ctx.tls is None and ctx.must_send_proxy_header(peer[0]):
             self.header_reader = ClientAddressReader(ctx, self)
@@ -499,7 +500,7 @@ class HttpConnection(asyncio.Protocol):
         self.connect_s = self.response_s = 0.0
         self.resends = 0
         if self.tried:
-            self.tried = []
+            self.tried = ()
 
     def _connect_to(self, pool: BackendPool, server: Server | None, now: float) -> None:
         """Open a new upstream connection (to ``server``, else one the balancer picks)."""
@@ -625,9 +626,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.close("client_closed" if self.closed is None else self.closed)
         self.state = CLOSED
-        if self.timer:  # LINGER's
+        if self.timer is not None:  # LINGER's
             self.ctx.deadlines.discard(self, self.timer)
-            self.timer = 0
+            self.timer = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -771,7 +772,7 @@ class HttpConnection(asyncio.Protocol):
             return None
         if conn.reused:
             return conn.server
-        self.tried.append(conn.server)
+        self.tried += (conn.server,)
         return pool.pick(self.client[0], self.tried)
 
     def tunnel_start(self, conn: UpstreamConn, data: bytes, now: float) -> None:
@@ -936,9 +937,9 @@ class HttpConnection(asyncio.Protocol):
             t.resume_reading()
             self._enter(LINGER, self.loop.time())
         else:
-            if self.timer:
+            if self.timer is not None:
                 self.ctx.deadlines.discard(self, self.timer)
-                self.timer = 0
+                self.timer = None
             if abort:
                 t.abort()
             else:

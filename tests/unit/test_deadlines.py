@@ -61,3 +61,15 @@ def test_one_failing_callback_does_not_cost_the_others_their_deadline() -> None:
     loop.advance(2)
     assert sorted(name for name, _ in fired) == ["a", "b", "c"]
     assert [str(r["exception"]) for r in reported] == ["boom"]
+
+
+def test_a_callback_that_ends_another_member_of_its_slot_is_not_called_for_it() -> None:
+    loop, d, fired = deadlines()
+    a, b = Conn(loop, fired, "a"), Conn(loop, fired, "b")
+    slot_a = d.add(a, loop.now + 1)
+    slot_b = d.add(b, loop.now + 1)
+    assert slot_a is slot_b
+    first, second = list(slot_a.members)
+    first.on_deadline = lambda: (fired.append((first.name, loop.now)), d.discard(second, slot_a))  # type: ignore[method-assign]
+    loop.advance(2)
+    assert [name for name, _ in fired] == [first.name]

@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 
 from edgeproxy.config import Timeouts
-from edgeproxy.net.deadlines import RESOLUTION, slot_time
+from edgeproxy.net.deadlines import RESOLUTION
 from edgeproxy.net.http_relay import LINGER_SECONDS, HttpConnection
 from edgeproxy.net.http_upstream import UpstreamConn
 from edgeproxy.net.tcp_relay import TcpConnection
@@ -97,8 +97,9 @@ def test_one_timer_per_connection() -> None:
         rig.send(get(f"/{i}"))
         rig.answer(up)
     # The connection's one deadline (its slot's timer: net/deadlines.py), and the idle pool's sweep.
-    assert rig.loop.armed() == sorted([slot_time(rig.conn.timer), rig.loop.now + 1.0])
-    assert rig.conn.timer_at <= slot_time(rig.conn.timer) <= rig.conn.timer_at + RESOLUTION
+    slot = rig.conn.timer
+    assert slot is not None and rig.loop.armed() == sorted([slot.when, rig.loop.now + 1.0])
+    assert rig.conn.timer_at <= slot.when <= rig.conn.timer_at + RESOLUTION
 
 
 def test_new_connection_that_sends_nothing_closes_silently_at_http_request() -> None:
