@@ -32,8 +32,10 @@ def test_a_deadline_fires_never_early_and_at_most_resolution_late() -> None:
         d.add(Conn(loop, fired, f"c{i}"), loop.now + delay)
     assert len(loop.armed()) == 3  # c1 and c2 share a slot
     loop.advance(10)
-    assert [name for name, _ in fired] == ["c0", "c1", "c2", "c3"]
-    for (_, at), delay in zip(fired, [0.01, 1.0, 1.02, 7.3], strict=True):
+    # (the members of one slot fire in no particular order)
+    assert sorted(name for name, _ in fired) == ["c0", "c1", "c2", "c3"]
+    for name, at in fired:
+        delay = [0.01, 1.0, 1.02, 7.3][int(name[1])]
         assert 50_000 + delay <= at <= 50_000 + delay + RESOLUTION
     assert len(d) == 0 and loop.armed() == []
 
