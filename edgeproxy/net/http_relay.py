@@ -79,6 +79,14 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 _FORBIDDEN_TRAILERS = FORWARDING_NAMES | {b"host", b"content-length", b"transfer-encoding"}
 
 _UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
+
+# A connection holds a RequestParser only while a request is under way (~550 bytes with what
+# it keeps of the last request): it takes one from here for a head and gives it back when the
+# request is over, and points at _NO_PARSER meanwhile, which nothing ever parses into (the two
+# places that write a parser, _request and _set_request_fields, take one first).
+_NO_PARSER = RequestParser(frozenset())
+_FREE_PARSERS: dict[frozenset[bytes], list[RequestParser]] = {}  # by the upgrades they allow
+_MAX_FREE_PARSERS = 1024  # per upgrades setting
 # One tuple per distinct setting, shared by the connections (an 11-tuple each: 128 bytes apiece).
 _LIMITS: dict[tuple[Timeouts, float], tuple[float, ...]] = {}
 
@@ -140,6 +148,7 @@ class HttpConnection(asyncio.Protocol):
         "log_prefix",
         "loop",
         "parser",
+        "parser_upgrades",
         "partial",
         "paused",
         "pool",
@@ -180,7 +189,8 @@ class HttpConnection(asyncio.Protocol):
         allowed = _UPGRADES.get(upgrades)
         if allowed is None:
             allowed = _UPGRADES[upgrades] = upgrade_protocols(upgrades)
-        self.parser = RequestParser(allowed)
+        self.parser_upgrades = allowed
+        self.parser = _NO_PARSER  # between requests (see _take_parser)
         self.state = NEW
         self.partial: HeadBuffer | None = None  # a request head that did not come in one read
         self.held = b""  # bytes after the request in flight (reading is paused meanwhile)
@@ -390,10 +400,32 @@ class HttpConnection(asyncio.Protocol):
         self.partial = None
         return bytes(partial.data[:400]) if partial is not None else b""
 
+    def _take_parser(self) -> RequestParser:
+        """This connection's parser for the request starting now (one from the free list)."""
+        parser = self.parser
+        if parser is _NO_PARSER:
+            free = _FREE_PARSERS.get(self.parser_upgrades)
+            parser = self.parser = free.pop() if free else RequestParser(self.parser_upgrades)
+        return parser
+
+    def _give_parser_back(self) -> None:
+        """The request is over (logged): the parser goes back to the free list, unless it is in
+        the middle of a message (a request cut short: its llhttp state is this connection's)."""
+        parser = self.parser
+        if parser is _NO_PARSER:
+            return
+        self.parser = _NO_PARSER
+        if parser.between_messages():
+            free = _FREE_PARSERS.get(self.parser_upgrades)
+            if free is None:
+                free = _FREE_PARSERS[self.parser_upgrades] = []
+            if len(free) < _MAX_FREE_PARSERS:
+                free.append(parser)
+
     def _request(self, head: bytes, rest: bytes, since: float, now: float) -> None:
         """A complete head whose first byte came at ``since``: parse, route, pick, then send it
         on an idle connection or connect."""
-        parser = self.parser
+        parser = self._take_parser()
         try:
             parser.parse(head)
         except HttpError as e:
@@ -469,6 +501,7 @@ class HttpConnection(asyncio.Protocol):
             self.linger = True
             self.close(end)
             return
+        self._give_parser_back()
         self.state = IDLE
         self.entered = now
         if now + self.limits[IDLE] < self.timer_at:
@@ -723,6 +756,7 @@ class HttpConnection(asyncio.Protocol):
         self.state = IDLE  # (_enter(IDLE, now) inlined: see _dispatch)
         self.entered = now
         self.up_head = b""  # (kept for a resend until now: an idle connection holds no head)
+        self._give_parser_back()
         if now + self.limits[IDLE] < self.timer_at:
             self._arm(now + self.limits[IDLE])
         if self.held:
@@ -818,7 +852,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _set_request_fields(self, head: bytes) -> None:
         """For the log line of a refused head: what could be read of its request line."""
-        parser = self.parser
+        parser = self._take_parser()
         line = head[: head.find(b"\r\n")] if b"\r\n" in head else head[:200]
         parts = line.split(b" ")
         parser.method = parts[0][:20] if parts else b""
@@ -921,6 +955,7 @@ class HttpConnection(asyncio.Protocol):
             if not self.status:
                 self.status = 499  # nginx's "client closed request": no response was sent
             self._log_request(reason, None, self.loop.time())
+        self._give_parser_back()
         server = self.server
         self.server = None
         if server is not None:

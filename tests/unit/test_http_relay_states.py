@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 
 from edgeproxy.config import Timeouts
+from edgeproxy.net import http_relay
 from edgeproxy.net.deadlines import RESOLUTION
 from edgeproxy.net.http_relay import LINGER_SECONDS, HttpConnection
 from edgeproxy.net.http_upstream import UpstreamConn
@@ -505,3 +506,38 @@ def test_connection_keeps_the_timeouts_it_started_with() -> None:
     fresh.connection_made(cast(Any, FakeTransport(fresh)))
     rig.loop.advance(TIMEOUTS.http_request)
     assert fresh.closed == "request_timeout"
+
+
+# -- the request parser, lent per request (memory per idle connection, issue 15) -------------------
+def test_an_idle_keep_alive_connection_holds_no_parser_and_the_next_connection_reuses_it() -> None:
+    rig = Rig()
+    up = rig.idle_upstream()
+    rig.send(get())
+    lent = rig.conn.parser
+    assert lent is not http_relay._NO_PARSER
+    rig.answer(up)
+    assert rig.conn.parser is http_relay._NO_PARSER and rig.state == "IDLE"
+    other = Rig()
+    other_up = other.idle_upstream()
+    other.send(get("/other"))
+    assert other.conn.parser is lent  # from the free list
+    other.answer(other_up)
+    assert b"GET /other HTTP/1.1\r\n" in other_up.take() and other.client.take().endswith(b"ok")
+
+
+def test_a_parser_cut_short_mid_body_is_not_lent_to_another_connection() -> None:
+    """Its llhttp is in the middle of this client's body: another client's head fed to it would
+    be read as body bytes (or worse)."""
+    rig = Rig()
+    up = rig.idle_upstream()
+    rig.send(b"POST /upload HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    cut = rig.conn.parser
+    rig.client.lose()
+    assert rig.conn.parser is http_relay._NO_PARSER
+    assert all(cut is not p for free in http_relay._FREE_PARSERS.values() for p in free)
+    other = Rig()
+    other_up = other.idle_upstream()
+    other.send(get("/next"))
+    assert other.conn.parser is not cut
+    other.answer(other_up)
+    assert other.client.take().startswith(b"HTTP/1.1 200 ") and up.closed
