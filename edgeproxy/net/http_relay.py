@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     import socket
 
     from edgeproxy.balance import Server
-    from edgeproxy.config import Timeouts
     from edgeproxy.net.context import ListenerContext
     from edgeproxy.net.deadlines import Slot
     from edgeproxy.net.tls_info import TlsInfo
@@ -87,20 +86,20 @@ _UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
 _NO_PARSER = RequestParser(frozenset())
 _FREE_PARSERS: dict[frozenset[bytes], list[RequestParser]] = {}  # by the upgrades they allow
 _MAX_FREE_PARSERS = 1024  # per upgrades setting
-# One tuple per distinct setting, shared by the connections (an 11-tuple each: 128 bytes apiece).
-_LIMITS: dict[tuple[Timeouts, float], tuple[float, ...]] = {}
 
 
 def _limits(ctx: ListenerContext) -> tuple[float, ...]:
-    """Seconds allowed in each state, from the listener's timeouts (0: no deadline)."""
-    t = ctx.timeouts
-    idle = ctx.idle_timeout
-    limits = _LIMITS.get((t, idle))
+    """Seconds allowed in each state, from the listener's timeouts (0: no deadline): one tuple
+    per listener setting, kept in ``ctx.http_limits`` and shared by its connections (an 11-tuple
+    each was 128 bytes apiece)."""
+    limits = ctx.http_limits
     if limits is None:
+        t = ctx.timeouts
+        idle = ctx.idle_timeout
         # PROXY NEW IDLE HEAD CONNECTING BODY WAIT RESPONSE TUNNEL LINGER CLOSED
         # CONNECTING has none of its own: connect_upstream bounds every attempt by timeouts.connect.
-        limits = _LIMITS[(t, idle)] = (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle,
-                                       t.server_idle, idle, idle, LINGER_SECONDS, 0.0)  # fmt: skip
+        limits = ctx.http_limits = (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle,
+                                    t.server_idle, idle, idle, LINGER_SECONDS, 0.0)  # fmt: skip
     return limits
 
 
