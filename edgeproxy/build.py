@@ -38,6 +38,7 @@ COMPILED = (
     "edgeproxy.balance.algorithms",
     "edgeproxy.pools.pool",
     "edgeproxy.net.upstream_pool",
+    "edgeproxy.net.deadlines",
     "edgeproxy.net.http_upstream",
     "edgeproxy.net.http_relay",
     "edgeproxy.net.tcp_relay",
