@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from edgeproxy.config import Listener, Route, Timeouts
 from edgeproxy.net.deadlines import Deadlines
@@ -21,7 +21,7 @@ from edgeproxy.proto.routing import RouteTable
 from edgeproxy.stats import ListenerStats
 from edgeproxy.tls.contexts import ListenerContexts
 
-_MAX_LOCAL = 256  # local addresses remembered per listener (a wildcard bind on a host with many)
+_MAX_LOCAL: Final = 256  # local addresses remembered per listener (a wildcard bind on a host with many)
 
 
 class Closable(Protocol):

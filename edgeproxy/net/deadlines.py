@@ -15,9 +15,9 @@ the real deadline of the state it is in).
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Final, Protocol
 
-RESOLUTION = 0.05  # seconds: how late a deadline may fire
+RESOLUTION: Final = 0.05  # seconds: how late a deadline may fire
 
 
 class Expiring(Protocol):

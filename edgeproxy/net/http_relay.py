@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from edgeproxy.log import log
 from edgeproxy.net.accept_proxy import ClientAddressReader
@@ -83,9 +83,9 @@ _UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
 # it keeps of the last request): it takes one from here for a head and gives it back when the
 # request is over, and points at _NO_PARSER meanwhile, which nothing ever parses into (the two
 # places that write a parser, _request and _set_request_fields, take one first).
-_NO_PARSER = RequestParser(frozenset())
-_FREE_PARSERS: dict[frozenset[bytes], list[RequestParser]] = {}  # by the upgrades they allow
-_MAX_FREE_PARSERS = 1024  # per upgrades setting
+_NO_PARSER: Final = RequestParser(frozenset())
+_FREE_PARSERS: Final[dict[frozenset[bytes], list[RequestParser]]] = {}  # by the upgrades they allow
+_MAX_FREE_PARSERS: Final = 1024  # per upgrades setting
 
 
 def _limits(ctx: ListenerContext) -> tuple[float, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -71,7 +71,12 @@ def test_a_callback_that_ends_another_member_of_its_slot_is_not_called_for_it() 
     slot_a = d.add(a, loop.now + 1)
     slot_b = d.add(b, loop.now + 1)
     assert slot_a is slot_b
-    first, second = list(slot_a.members)
-    first.on_deadline = lambda: (fired.append((first.name, loop.now)), d.discard(second, slot_a))  # type: ignore[method-assign]
+    first, second = cast(list[Conn], list(slot_a.members))
+
+    def end_the_other() -> None:
+        fired.append((first.name, loop.now))
+        d.discard(second, slot_a)
+
+    first.on_deadline = end_the_other  # type: ignore[method-assign]
     loop.advance(2)
     assert [name for name, _ in fired] == [first.name]
