@@ -42,6 +42,9 @@ COMPILED = (
     "edgeproxy.net.http_upstream",
     "edgeproxy.net.http_relay",
     "edgeproxy.net.tcp_relay",
+    # what the relay reads per request: the listener's context (routing) and its counters
+    "edgeproxy.net.context",
+    "edgeproxy.stats",
 )
 STAMP = "compiled.stamp"  # beside this file: "<compiler> <version> <sources digest>"
 PURE_ENV = "EDGEPROXY_PURE_PYTHON"

@@ -32,27 +32,32 @@ class Histogram:
         return out
 
 
+# ListenerStats's attributes, for the exporter (admin/metrics.py): compiled by mypyc, the class has
+# no __slots__ left to list them.
+FIELDS = (
+    "bytes_in",
+    "bytes_out",
+    "connect_time",
+    "connections_total",
+    "datagrams_in",
+    "datagrams_out",
+    "dropped_oversize",
+    "ended",
+    "evictions",
+    "request_duration",
+    "requests",
+    "tls_handshakes_failed",
+    "tls_handshakes_ok",
+    "udp_dropped",
+    "udp_errors",
+    "udp_refused",
+)
+
+
 class ListenerStats:
     """Per listener; connections for tcp/http, flows for udp."""
 
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "connect_time",
-        "connections_total",
-        "datagrams_in",
-        "datagrams_out",
-        "dropped_oversize",
-        "ended",
-        "evictions",
-        "request_duration",
-        "requests",
-        "tls_handshakes_failed",
-        "tls_handshakes_ok",
-        "udp_dropped",
-        "udp_errors",
-        "udp_refused",
-    )
+    __slots__ = FIELDS
 
     def __init__(self) -> None:
         self.connections_total = 0

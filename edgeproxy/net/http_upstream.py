@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from edgeproxy.proto.http1 import MAX_RESPONSE_HEAD, ChunkedReader, HeadBuffer, HttpError, blank_line
 from edgeproxy.proto.http_response import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ResponseParser, crlf_head
@@ -26,7 +26,13 @@ if TYPE_CHECKING:
     from edgeproxy.net.upstream_pool import IdlePool
 
 # states
-IDLE, HEAD, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE, TUNNEL, CLOSED = range(7)
+IDLE: Final = 0
+HEAD: Final = 1
+BODY_LENGTH: Final = 2
+BODY_CHUNKED: Final = 3
+BODY_CLOSE: Final = 4
+TUNNEL: Final = 5
+CLOSED: Final = 6
 
 
 class ResponseSink(Protocol):
