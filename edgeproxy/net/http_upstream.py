@@ -252,7 +252,7 @@ class UpstreamConn(asyncio.Protocol):
                 parser.reset()  # (llhttp refused: it takes nothing more)
                 buf = crlf_head(buf)
                 continue
-            if not searched:  # a response other than the usual: search before the sink hears of it
+            if not searched and not total:  # another response: searched before the sink hears of it
                 searched = True
                 if blank_line(buf, 0, end) >= 0:
                     buf = crlf_head(buf)
