@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import httptools
 
-from edgeproxy.proto.http1 import HttpError, MessageCounter
+from edgeproxy.proto.http1 import HttpError, MessageCounter, decimal
 
 # Field codes. The forwarding headers come in any letter case and, for the spoofing trick that
 # works on CGI/WSGI-style servers (which turn "-" into "_"), with underscores too.
@@ -248,7 +248,7 @@ class RequestParser:
                         framing_line = b"Content-Length: %d\r\n" % content_length
                         drop.add(b"content-length")
                 else:
-                    content_length = int(value)  # digits that llhttp parsed as a uint64: int() takes them
+                    content_length = decimal(value)  # digits that llhttp parsed as a uint64
             elif code == TRANSFER_ENCODING:
                 if not v11:
                     raise HttpError(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
