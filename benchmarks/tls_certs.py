@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from edgeproxy.tls.certificates import self_signed
+from edgeproxy.tls.pem import self_signed
 
 NAME = "bench.test"
 KEY_TYPES = ("ecdsa", "rsa")  # ECDSA P-256, RSA 2048

@@ -15,10 +15,11 @@ from __future__ import annotations
 import ssl
 
 from edgeproxy.acme.board import ChallengeBoard
-from edgeproxy.acme.keys import ACME_TLS_ALPN
 from edgeproxy.proto.tls_hello import ClientHello
 from edgeproxy.tls.certificates import load_chain
 
+ACME_TLS_ALPN = "acme-tls/1"
+"""RFC 8737 section 6.2: the ALPN protocol id of a TLS-ALPN-01 validation."""
 HTTP01_PREFIX = "/.well-known/acme-challenge/"
 HTTP01_CONTENT_TYPE = "application/octet-stream"  # RFC 8555 section 8.3
 _ACME_TLS_ALPN = ACME_TLS_ALPN.encode("ascii")

@@ -23,8 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgeproxy.acme.keys import tls_alpn_certificate
-
 ChallengeType = Literal["http-01", "tls-alpn-01"]
 CHALLENGE_TYPES: tuple[ChallengeType, ...] = ("http-01", "tls-alpn-01")
 
@@ -109,6 +107,8 @@ class ChallengeBoard:
                 key = (c.name, c.key_authorization)
                 made = self._alpn_made.get(key)
                 if made is None:
+                    from edgeproxy.acme.keys import tls_alpn_certificate  # cryptography: only for TLS-ALPN-01
+
                     made = self._alpn_made[key] = AlpnAnswer(*tls_alpn_certificate(c.name, c.key_authorization))
                 alpn[c.name] = made
         live = {(c.name, c.key_authorization) for c in wanted if c.type == "tls-alpn-01"}

@@ -2,7 +2,7 @@
 
 Certificate keys and the account key are ECDSA P-256 (what Let's Encrypt and Caddy default to:
 small handshakes, fast signatures); every private key travels as unencrypted PKCS#8 PEM, the form
-``edgeproxy.tls.certificates`` checks and serves.
+``edgeproxy.tls.pem`` checks and ``edgeproxy.tls.certificates`` serves.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgeproxy.tls.certificates import self_signed
-
-ACME_TLS_ALPN = "acme-tls/1"
-"""RFC 8737 section 6.2: the ALPN protocol id of a TLS-ALPN-01 validation."""
+from edgeproxy.tls.pem import self_signed
 
 ID_PE_ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 """RFC 8737 section 6.1: the critical extension holding SHA-256 of the key authorization."""

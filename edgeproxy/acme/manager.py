@@ -46,7 +46,8 @@ from edgeproxy.acme.storage import (
 )
 from edgeproxy.log import log
 from edgeproxy.metrics import Family
-from edgeproxy.tls.certificates import Certificate, CertificateError, parse_certificate
+from edgeproxy.tls.certificates import Certificate, CertificateError
+from edgeproxy.tls.pem import parse_certificate
 
 OWN = "own"  # board source: this instance's orders
 SHARED = "shared"  # board source: every instance's, read from a shared storage

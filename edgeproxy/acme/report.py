@@ -23,7 +23,8 @@ from edgeproxy.acme.swarm_storage import SwarmStorage
 from edgeproxy.config import Config
 from edgeproxy.config.model import AcmeConfig
 from edgeproxy.discovery.docker_api import Endpoint
-from edgeproxy.tls.certificates import CertificateError, read_certificate
+from edgeproxy.tls.certificates import CertificateError
+from edgeproxy.tls.pem import read_certificate
 
 
 def _storage(acme: AcmeConfig, config: Config) -> Storage:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import hashlib
 import os
 import re
@@ -162,6 +161,8 @@ class _Reader:
         """The closest name, for "did you mean" (skipped once the report is full: it is not free)."""
         if self.full or len(word) > 200:
             return None
+        import difflib  # only for an unknown word (a config error)
+
         found = difflib.get_close_matches(word, choices, n=1)
         return found[0] if found else None
 

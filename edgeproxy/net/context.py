@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from edgeproxy.config import Listener, Route, Timeouts
+from edgeproxy.net.deadlines import Deadlines
 from edgeproxy.pools import BackendPool
 from edgeproxy.proto.forwarded import ForwardingPolicy
 from edgeproxy.proto.names import NameTable
 from edgeproxy.proto.routing import RouteTable
 from edgeproxy.stats import ListenerStats
 from edgeproxy.tls.contexts import ListenerContexts
+
+_MAX_LOCAL: Final = 256  # local addresses remembered per listener (a wildcard bind on a host with many)
 
 
 class Closable(Protocol):
@@ -38,6 +41,8 @@ class ListenerContext:
         self.loop = loop
         self.pools = pools
         self.connections: set[Closable] = set()
+        self.deadlines = Deadlines(loop)  # http connections' timers (net/deadlines.py)
+        self._local: dict[tuple[str, int], tuple[str, int]] = {}  # see local_address
         self.stats = ListenerStats()
         self.on_count: Callable[[int], None] | None = None  # set by the accept gate
         # ACME HTTP-01 (acme/answers.py ``http01_response`` bound to the challenge board): the
@@ -58,6 +63,7 @@ class ListenerContext:
         self.hsts = b"Strict-Transport-Security: max-age=%d\r\n" % ltls.hsts if ltls and ltls.hsts and tls else b""
         # Client and server inactivity end the same relay, so one timer with the smaller limit.
         self.idle_timeout = min(timeouts.client_idle_for(listener.mode), timeouts.server_idle)
+        self.http_limits: tuple[float, ...] | None = None  # http: per-state limits (net/http_relay.py)
         self.trusted_proxies = listener.accept_proxy.trusted if listener.accept_proxy else ()
         self.forwarding = ForwardingPolicy(listener.forwarded, https=tls is not None)
         self.answers_locally = listener.redirect_https is not None or self._http01 is not None
@@ -100,6 +106,13 @@ class ListenerContext:
         routes = (*listener.routes, *self._extra_routes)
         # None: no routes at all, every request goes to the listener's backend without a lookup.
         self.route_table = RouteTable(routes, listener.backend) if routes else None
+
+    def local_address(self, sockname: tuple[Any, ...]) -> tuple[str, int]:
+        """The (host, port) a connection reached (``sockname``): one tuple per address for all
+        the listener's connections, rather than a tuple, a string and an int for each
+        (~150 bytes per connection; a listener has few local addresses)."""
+        key = (sockname[0], sockname[1])
+        return self._local.setdefault(key, key) if len(self._local) < _MAX_LOCAL else key
 
     def must_send_proxy_header(self, peer_ip: str) -> bool:
         if not self.trusted_proxies:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from edgeproxy.balance import Server
     from edgeproxy.net.context import ListenerContext
+    from edgeproxy.net.deadlines import Slot
     from edgeproxy.net.tls_info import TlsInfo
     from edgeproxy.pools import BackendPool
 
@@ -92,15 +93,28 @@ _FORBIDDEN_TRAILERS: Final = FORWARDING_NAMES | {b"host", b"content-length", b"t
 
 _UPGRADES: Final[dict[tuple[str, ...], frozenset[bytes]]] = {}
 
+# A connection holds a RequestParser only while a request is under way (~550 bytes with what
+# it keeps of the last request): it takes one from here for a head and gives it back when the
+# request is over, and points at _NO_PARSER meanwhile, which nothing ever parses into (the two
+# places that write a parser, _request and _set_request_fields, take one first).
+_NO_PARSER: Final = RequestParser(frozenset())
+_FREE_PARSERS: Final[dict[frozenset[bytes], list[RequestParser]]] = {}  # by the upgrades they allow
+_MAX_FREE_PARSERS: Final = 1024  # per upgrades setting
+
 
 def _limits(ctx: ListenerContext) -> tuple[float, ...]:
-    """Seconds allowed in each state, from the listener's timeouts (0: no deadline)."""
-    t = ctx.timeouts
-    idle = ctx.idle_timeout
-    # PROXY NEW IDLE HEAD CONNECTING BODY WAIT RESPONSE TUNNEL LINGER CLOSED
-    # CONNECTING has none of its own: connect_upstream bounds every attempt by timeouts.connect.
-    return (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle, t.server_idle, idle, idle,
-            LINGER_SECONDS, 0.0)  # fmt: skip
+    """Seconds allowed in each state, from the listener's timeouts (0: no deadline): one tuple
+    per listener setting, kept in ``ctx.http_limits`` and shared by its connections (an 11-tuple
+    each was 128 bytes apiece)."""
+    limits = ctx.http_limits
+    if limits is None:
+        t = ctx.timeouts
+        idle = ctx.idle_timeout
+        # PROXY NEW IDLE HEAD CONNECTING BODY WAIT RESPONSE TUNNEL LINGER CLOSED
+        # CONNECTING has none of its own: connect_upstream bounds every attempt by timeouts.connect.
+        limits = ctx.http_limits = (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle,
+                                    t.server_idle, idle, idle, LINGER_SECONDS, 0.0)  # fmt: skip
+    return limits
 
 
 class HttpListener(TcpListener):
@@ -147,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
         "log_prefix",
         "loop",
         "parser",
+        "parser_upgrades",
         "partial",
         "paused",
         "pool",
@@ -187,7 +202,8 @@ class HttpConnection(asyncio.Protocol):
         allowed = _UPGRADES.get(upgrades)
         if allowed is None:
             allowed = _UPGRADES[upgrades] = upgrade_protocols(upgrades)
-        self.parser = RequestParser(allowed)
+        self.parser_upgrades = allowed
+        self.parser = _NO_PARSER  # between requests (see _take_parser)
         self.state = NEW
         self.partial: HeadBuffer | None = None  # a request head that did not come in one read
         self.held = b""  # bytes after the request in flight (reading is paused meanwhile)
@@ -208,14 +224,14 @@ class HttpConnection(asyncio.Protocol):
         self.linger = False  # close after an error answer: see _linger
         self.bytes_in = 0
         self.bytes_out = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Slot | None = None  # its deadline's, in ctx.deadlines (net/deadlines.py)
         self.timer_at = INF
         self.task: asyncio.Task[None] | None = None
         # the request in flight
         self.in_request = False
         self.up_head = b""
         self.resends = 0
-        self.tried: list[Server] = []
+        self.tried: tuple[Server, ...] = ()  # (a tuple: most requests never add to it)
         self.status = 0
         self.req_in = 0
         self.req_out = 0
@@ -241,12 +257,13 @@ class HttpConnection(asyncio.Protocol):
         return since + self.limits[state]
 
     def _arm(self, when: float) -> None:
+        deadlines = self.ctx.deadlines
         if self.timer is not None:
-            self.timer.cancel()
+            deadlines.discard(self, self.timer)
         self.timer_at = when
-        self.timer = self.loop.call_at(when, self._on_timer)
+        self.timer = deadlines.add(self, when)
 
-    def _on_timer(self) -> None:
+    def on_deadline(self) -> None:
         self.timer = None
         self.timer_at = INF
         state = self.state
@@ -291,7 +308,7 @@ class HttpConnection(asyncio.Protocol):
         peer = t.get_extra_info("peername")
         local = t.get_extra_info("sockname")
         self.client = (peer[0], peer[1])
-        self.dest = (local[0], local[1])
+        self.dest = ctx.local_address(local)
         # (Behind TLS the layer read the PROXY header before the handshake: net/tls.py.)
         if ctx.tls is None and ctx.must_send_proxy_header(peer[0]):
             self.header_reader = ClientAddressReader(ctx, self)
@@ -396,10 +413,32 @@ class HttpConnection(asyncio.Protocol):
         self.partial = None
         return bytes(partial.data[:400]) if partial is not None else b""
 
+    def _take_parser(self) -> RequestParser:
+        """This connection's parser for the request starting now (one from the free list)."""
+        parser = self.parser
+        if parser is _NO_PARSER:
+            free = _FREE_PARSERS.get(self.parser_upgrades)
+            parser = self.parser = free.pop() if free else RequestParser(self.parser_upgrades)
+        return parser
+
+    def _give_parser_back(self) -> None:
+        """The request is over (logged): the parser goes back to the free list, unless it is in
+        the middle of a message (a request cut short: its llhttp state is this connection's)."""
+        parser = self.parser
+        if parser is _NO_PARSER:
+            return
+        self.parser = _NO_PARSER
+        if parser.between_messages():
+            free = _FREE_PARSERS.get(self.parser_upgrades)
+            if free is None:
+                free = _FREE_PARSERS[self.parser_upgrades] = []
+            if len(free) < _MAX_FREE_PARSERS:
+                free.append(parser)
+
     def _request(self, head: bytes, rest: bytes, since: float, now: float) -> None:
         """A complete head whose first byte came at ``since``: parse, route, pick, then send it
         on an idle connection or connect."""
-        parser = self.parser
+        parser = self._take_parser()
         try:
             parser.parse(head)
         except HttpError as e:
@@ -475,6 +514,7 @@ class HttpConnection(asyncio.Protocol):
             self.linger = True
             self.close(end)
             return
+        self._give_parser_back()
         self.state = IDLE
         self.entered = now
         if now + self.limits[IDLE] < self.timer_at:
@@ -506,7 +546,7 @@ class HttpConnection(asyncio.Protocol):
         self.connect_s = self.response_s = 0.0
         self.resends = 0
         if self.tried:
-            self.tried = []
+            self.tried = ()
 
     def _connect_to(self, pool: BackendPool, server: Server | None, now: float) -> None:
         """Open a new upstream connection (to ``server``, else one the balancer picks)."""
@@ -633,7 +673,7 @@ class HttpConnection(asyncio.Protocol):
         self.close("client_closed" if self.closed is None else self.closed)
         self.state = CLOSED
         if self.timer is not None:  # LINGER's
-            self.timer.cancel()
+            self.ctx.deadlines.discard(self, self.timer)
             self.timer = None
 
     def pause_writing(self) -> None:
@@ -728,6 +768,8 @@ class HttpConnection(asyncio.Protocol):
             return
         self.state = IDLE  # (_enter(IDLE, now) inlined: see _dispatch)
         self.entered = now
+        self.up_head = b""  # (kept for a resend until now: an idle connection holds no head)
+        self._give_parser_back()
         if now + self.limits[IDLE] < self.timer_at:
             self._arm(now + self.limits[IDLE])
         if self.held:
@@ -777,7 +819,7 @@ class HttpConnection(asyncio.Protocol):
             return None
         if conn.reused:
             return conn.server
-        self.tried.append(conn.server)
+        self.tried += (conn.server,)
         return pool.pick(self.client[0], self.tried)
 
     def tunnel_start(self, conn: UpstreamConn, data: bytes, now: float) -> None:
@@ -823,7 +865,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _set_request_fields(self, head: bytes) -> None:
         """For the log line of a refused head: what could be read of its request line."""
-        parser = self.parser
+        parser = self._take_parser()
         line = head[: head.find(b"\r\n")] if b"\r\n" in head else head[:200]
         parts = line.split(b" ")
         parser.method = parts[0][:20] if parts else b""
@@ -926,6 +968,7 @@ class HttpConnection(asyncio.Protocol):
             if not self.status:
                 self.status = 499  # nginx's "client closed request": no response was sent
             self._log_request(reason, None, self.loop.time())
+        self._give_parser_back()
         server = self.server
         self.server = None
         if server is not None:
@@ -943,7 +986,7 @@ class HttpConnection(asyncio.Protocol):
             self._enter(LINGER, self.loop.time())
         else:
             if self.timer is not None:
-                self.timer.cancel()
+                self.ctx.deadlines.discard(self, self.timer)
                 self.timer = None
             if abort:
                 t.abort()

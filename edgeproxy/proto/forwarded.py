@@ -79,7 +79,7 @@ class ForwardingPolicy:
 class ClientForwarding:
     """The rewrite for one client connection (its address and the port it connected to)."""
 
-    __slots__ = ("client", "fixed", "fixed_end", "policy", "port", "trusted")
+    __slots__ = ("client", "fixed_end", "policy", "port", "trusted")
 
     def __init__(self, policy: ForwardingPolicy, client_ip: str, dest_port: int) -> None:
         self.policy = policy
@@ -97,9 +97,9 @@ class ClientForwarding:
             lines.append(f"X-Forwarded-Port: {dest_port}\r\n")
         if policy.set_forwarded:
             lines.append(f"Forwarded: {forwarded_element(client_ip, policy.proto)}\r\n")
-        # What an untrusted client's every request gets (X-Forwarded-Host varies per request).
-        self.fixed = "".join(lines).encode("ascii")
-        self.fixed_end = self.fixed + b"\r\n"
+        # What an untrusted client's every request gets (X-Forwarded-Host varies per request),
+        # with the blank line that ends the head: one copy per connection, not two.
+        self.fixed_end = "".join(lines).encode("ascii") + b"\r\n"
 
     def rewrite(self, head: bytes, req: RequestParser) -> bytes:
         """The head to send upstream: ``head`` with forwarding and hop-by-hop lines replaced."""
@@ -109,7 +109,7 @@ class ClientForwarding:
         forwarding = req.forwarding
         if not forwarding and not drop and not self.policy.set_host:
             return head[:-2] + self.fixed_end  # the common case: nothing to remove, one concatenation
-        added = self.fixed
+        added = self.fixed_end[:-2]
         if self.policy.set_host and req.host is not None:
             added += b"X-Forwarded-Host: " + req.host + b"\r\n"
         if drop:

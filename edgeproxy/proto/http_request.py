@@ -322,6 +322,10 @@ class RequestParser:
         if keep_alive and not self.upgrade and complete.count != before:
             self._give_back()  # the whole message: the connection holds no llhttp until its next head
 
+    def between_messages(self) -> bool:
+        """No message under way (no llhttp held): the parser may serve another connection."""
+        return self._llhttp is None
+
     def _give_back(self) -> None:
         if len(_FREE_LLHTTP) < _FREE_MAX:
             _FREE_LLHTTP.append((self._llhttp, self._complete))

@@ -44,7 +44,6 @@ from edgeproxy.net.http_relay import HttpListener
 from edgeproxy.net.http_upstream import UpstreamConn
 from edgeproxy.net.listener import TcpListener
 from edgeproxy.net.tcp_relay import TcpConnection
-from edgeproxy.net.udp import UdpListener
 from edgeproxy.net.upstream_pool import IdlePool
 from edgeproxy.pools import Change, PoolRegistry
 from edgeproxy.runtime.sockets import SocketSet, socket_key
@@ -70,6 +69,8 @@ def make_serving(ctx: ListenerContext, sockets: list[socket.socket], idle: IdleP
     if mode == "tcp":
         return TcpListener(ctx, sockets, lambda: TcpConnection(ctx))
     if mode == "udp":
+        from edgeproxy.net.udp import UdpListener  # only where a udp listener is configured
+
         return UdpListener(ctx, sockets)
     if mode == "http":
         return HttpListener(ctx, sockets, idle)

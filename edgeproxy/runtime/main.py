@@ -20,7 +20,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeproxy.admin.server import AdminServer
 from edgeproxy.config import Config, User
@@ -33,14 +33,15 @@ from edgeproxy.pools import PoolRegistry
 from edgeproxy.runtime.acme_service import AcmeService
 from edgeproxy.runtime.control import ControlPlane
 from edgeproxy.runtime.dataplane import DataPlane
-from edgeproxy.runtime.privileges import PrivilegeError, check_readable, drop, import_dirs
 from edgeproxy.runtime.process import ProcessLoop
 from edgeproxy.runtime.reload import describe
 from edgeproxy.runtime.role import ControlRole
 from edgeproxy.runtime.single import SingleProcess
 from edgeproxy.runtime.sockets import SocketSet
-from edgeproxy.runtime.supervisor import Supervisor
-from edgeproxy.runtime.worker import Worker
+
+if TYPE_CHECKING:
+    from edgeproxy.runtime.supervisor import Supervisor
+    from edgeproxy.runtime.worker import Worker
 
 
 def control_plane(registry: PoolRegistry, role: ControlRole) -> ControlPlane:
@@ -61,12 +62,17 @@ def build(config: Config) -> SingleProcess | Supervisor:
         sockets = SocketSet()
         dataplane = DataPlane(registry, sockets, IdlePool(asyncio.get_running_loop()))
         return SingleProcess(config, registry, sockets, dataplane, lambda role: control_plane(registry, role))
+    # Imported here: a single process needs none of the supervisor's machinery (memory, issue 15).
+    from edgeproxy.runtime.supervisor import Supervisor
+
     # A UDP address becomes a SO_REUSEPORT group, a socket per worker (runtime/udp_steering.py).
     sockets = SocketSet(reuseport_udp=True)
     return Supervisor(config, registry, sockets, lambda role: control_plane(registry, role))
 
 
 def build_worker(channel_fd: int, wid: int) -> Worker:
+    from edgeproxy.runtime.worker import Worker
+
     registry = PoolRegistry()
     sockets = SocketSet(can_bind=False)
     dataplane = DataPlane(registry, sockets, IdlePool(asyncio.get_running_loop()))
@@ -97,6 +103,8 @@ def serve(config: Config) -> int:
 def become(uid_gid: str) -> None:
     """A worker's first act when ``user`` is set (before a thread or a connection exists): drop
     to UID:GID for good, then check it can still read its Python, which loads modules lazily."""
+    from edgeproxy.runtime.privileges import check_readable, drop, import_dirs
+
     uid, _, gid = uid_gid.partition(":")
     user = User(int(uid), int(gid), uid_gid)
     # Where the standard library (os; select: lib-dynload), edgeproxy and its dependencies are.
@@ -132,6 +140,8 @@ if __name__ == "__main__":
         sys.exit(
             "usage: python -m edgeproxy.runtime.main worker CHANNEL_FD WORKER_ID [UID:GID] (started by the supervisor)"
         )
+    from edgeproxy.runtime.privileges import PrivilegeError
+
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handler is installed
     if len(args) == 4:
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgeproxy.config import Config, ConfigIssue
 from edgeproxy.config.model import CertificateFiles
-from edgeproxy.tls.certificates import EXPIRY_WARNING, Certificate, CertificateError, read_certificate
+from edgeproxy.tls.certificates import EXPIRY_WARNING, Certificate, CertificateError
 
 
 class CertificateFilesError(Exception):
@@ -56,7 +56,9 @@ class CertificateSet:
 
     @classmethod
     def from_wire(cls, msg: Mapping[str, Any]) -> CertificateSet:
-        certs = [Certificate.from_wire(c) for c in msg.get("certificates", [])]
+        from edgeproxy.tls.pem import certificate_from_wire  # cryptography: only with certificates
+
+        certs = [certificate_from_wire(c) for c in msg.get("certificates", [])]
         return cls(
             MappingProxyType(
                 {str(name): tuple(certs[i] for i in ids) for name, ids in msg.get("listeners", {}).items()}
@@ -96,6 +98,8 @@ def read_certificates(config: Config, *, now: float | None = None) -> tuple[Cert
 def _read_one(
     path: str, files: CertificateFiles, now: float, errors: list[ConfigIssue], warnings: list[ConfigIssue]
 ) -> Certificate | None:
+    from edgeproxy.tls.pem import read_certificate  # cryptography: only with certificates to read
+
     try:
         cert = read_certificate(files.cert, files.key, now=now)
     except CertificateError as e:

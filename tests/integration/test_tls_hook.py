@@ -18,8 +18,8 @@ from edgeproxy.runtime.dataplane import DataPlane
 from edgeproxy.runtime.main import control_plane
 from edgeproxy.runtime.single import SingleProcess
 from edgeproxy.runtime.sockets import SocketSet
-from edgeproxy.tls.certificates import read_certificate
 from edgeproxy.tls.files import CertificateSet
+from edgeproxy.tls.pem import read_certificate
 from tests.helpers import HttpBackend, free_port
 from tests.integration.test_tls import Pki, get, tls_connect
 

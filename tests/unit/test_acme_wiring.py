@@ -15,8 +15,9 @@ from edgeproxy.acme.placement import place_certificates
 from edgeproxy.config import Config, parse_config
 from edgeproxy.pools import Change, PoolRegistry
 from edgeproxy.runtime.acme_service import AcmeService, challenge_types
-from edgeproxy.tls.certificates import Certificate, parse_certificate
+from edgeproxy.tls.certificates import Certificate
 from edgeproxy.tls.files import NO_CERTIFICATES, CertificateSet
+from edgeproxy.tls.pem import parse_certificate
 
 CA = trustme.CA()
 

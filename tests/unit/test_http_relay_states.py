@@ -12,6 +12,8 @@ from typing import Any, cast
 import pytest
 
 from edgeproxy.config import Timeouts
+from edgeproxy.net import http_relay
+from edgeproxy.net.deadlines import RESOLUTION
 from edgeproxy.net.http_relay import LINGER_SECONDS, HttpConnection
 from edgeproxy.net.http_upstream import UpstreamConn
 from edgeproxy.net.tcp_relay import TcpConnection
@@ -125,7 +127,10 @@ def test_one_timer_per_connection() -> None:
     for i in range(20):
         rig.send(get(f"/{i}"))
         rig.answer(up)
-    assert rig.loop.armed() == sorted([rig.conn.timer_at, rig.loop.now + 1.0])  # and the idle pool's sweep
+    # The connection's one deadline (its slot's timer: net/deadlines.py), and the idle pool's sweep.
+    slot = rig.conn.timer
+    assert slot is not None and rig.loop.armed() == sorted([slot.when, rig.loop.now + 1.0])
+    assert rig.conn.timer_at <= slot.when <= rig.conn.timer_at + RESOLUTION
 
 
 def test_new_connection_that_sends_nothing_closes_silently_at_http_request() -> None:
@@ -159,7 +164,7 @@ def test_empty_lines_count_toward_the_head_deadline() -> None:
     rig.answer(up)
     rig.client.take()
     with access_log() as out:
-        for _ in range(int(TIMEOUTS.http_request) + 2):
+        for _ in range(int(TIMEOUTS.http_request) + 3):  # (+ LINGER_SECONDS, deadlines up to 50 ms late)
             if rig.client.closed:
                 break
             rig.send(b"\r\n")
@@ -531,3 +536,38 @@ def test_connection_keeps_the_timeouts_it_started_with() -> None:
     fresh.connection_made(cast(Any, FakeTransport(fresh)))
     rig.loop.advance(TIMEOUTS.http_request)
     assert fresh.closed == "request_timeout"
+
+
+# -- the request parser, lent per request (memory per idle connection, issue 15) -------------------
+def test_an_idle_keep_alive_connection_holds_no_parser_and_the_next_connection_reuses_it() -> None:
+    rig = Rig()
+    up = rig.idle_upstream()
+    rig.send(get())
+    lent = rig.conn.parser
+    assert lent is not http_relay._NO_PARSER
+    rig.answer(up)
+    assert rig.conn.parser is http_relay._NO_PARSER and rig.state == "IDLE"
+    other = Rig()
+    other_up = other.idle_upstream()
+    other.send(get("/other"))
+    assert other.conn.parser is lent  # from the free list
+    other.answer(other_up)
+    assert b"GET /other HTTP/1.1\r\n" in other_up.take() and other.client.take().endswith(b"ok")
+
+
+def test_a_parser_cut_short_mid_body_is_not_lent_to_another_connection() -> None:
+    """Its llhttp is in the middle of this client's body: another client's head fed to it would
+    be read as body bytes (or worse)."""
+    rig = Rig()
+    up = rig.idle_upstream()
+    rig.send(b"POST /upload HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    cut = rig.conn.parser
+    rig.client.lose()
+    assert rig.conn.parser is http_relay._NO_PARSER
+    assert all(cut is not p for free in http_relay._FREE_PARSERS.values() for p in free)
+    other = Rig()
+    other_up = other.idle_upstream()
+    other.send(get("/next"))
+    assert other.conn.parser is not cut
+    other.answer(other_up)
+    assert other.client.take().startswith(b"HTTP/1.1 200 ") and up.closed

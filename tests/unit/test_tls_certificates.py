@@ -14,14 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgeproxy.proto.names import NameTable
-from edgeproxy.tls.certificates import (
-    EXPIRY_WARNING,
-    Certificate,
-    CertificateError,
-    parse_certificate,
-    read_certificate,
-    server_context,
-)
+from edgeproxy.tls.certificates import EXPIRY_WARNING, CertificateError, server_context
+from edgeproxy.tls.pem import certificate_from_wire, parse_certificate, read_certificate
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -95,7 +89,7 @@ def test_rsa_and_key_in_the_certificate_file(tmp_path: Path, ca: trustme.CA) -> 
 
 def test_wire_round_trip(tmp_path: Path, ca: trustme.CA) -> None:
     cert = read_certificate(*files(tmp_path, ca.issue_cert("wire.example.com")))
-    again = Certificate.from_wire(cert.to_wire())
+    again = certificate_from_wire(cert.to_wire())
     assert again == cert
 
 
