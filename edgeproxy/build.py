@@ -42,6 +42,13 @@ COMPILED = (
     "edgeproxy.net.http_upstream",
     "edgeproxy.net.http_relay",
     "edgeproxy.net.tcp_relay",
+    # what the relay reads per request: the listener's context (routing) and its counters
+    "edgeproxy.net.context",
+    "edgeproxy.stats",
+    # TLS termination (issue 13): the record layer between the socket and the relay, and the
+    # HTTPS additions (HSTS, redirects)
+    "edgeproxy.net.tls",
+    "edgeproxy.proto.https",
 )
 STAMP = "compiled.stamp"  # beside this file: "<compiler> <version> <sources digest>"
 PURE_ENV = "EDGEPROXY_PURE_PYTHON"

@@ -3,7 +3,6 @@ these plain attributes; nothing on the hot path formats or locks anything)."""
 
 from __future__ import annotations
 
-import bisect
 import time
 
 # Prometheus-style upper bounds in seconds: 0.5 ms .. 30 s covers a loopback hop to a slow app.
@@ -20,7 +19,14 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        # bisect_left(bounds, value), as a loop: most requests fall in the first buckets, and
+        # compiled (mypyc) the loop is a tenth of the cost of calling bisect (~750 instructions).
+        i = 0
+        for bound in self.bounds:
+            if value <= bound:
+                break
+            i += 1
+        self.counts[i] += 1
         self.count += 1
         self.sum += value
 
@@ -32,27 +38,32 @@ class Histogram:
         return out
 
 
+# ListenerStats's attributes, for the exporter (admin/metrics.py): compiled by mypyc, the class has
+# no __slots__ left to list them.
+FIELDS = (
+    "bytes_in",
+    "bytes_out",
+    "connect_time",
+    "connections_total",
+    "datagrams_in",
+    "datagrams_out",
+    "dropped_oversize",
+    "ended",
+    "evictions",
+    "request_duration",
+    "requests",
+    "tls_handshakes_failed",
+    "tls_handshakes_ok",
+    "udp_dropped",
+    "udp_errors",
+    "udp_refused",
+)
+
+
 class ListenerStats:
     """Per listener; connections for tcp/http, flows for udp."""
 
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "connect_time",
-        "connections_total",
-        "datagrams_in",
-        "datagrams_out",
-        "dropped_oversize",
-        "ended",
-        "evictions",
-        "request_duration",
-        "requests",
-        "tls_handshakes_failed",
-        "tls_handshakes_ok",
-        "udp_dropped",
-        "udp_errors",
-        "udp_refused",
-    )
+    __slots__ = FIELDS
 
     def __init__(self) -> None:
         self.connections_total = 0

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from edgeproxy.admin.view import StatsView
 from edgeproxy.metrics import Family
 from edgeproxy.pools import BackendPool, PoolRegistry
+from edgeproxy.stats import FIELDS as LISTENER_FIELDS
 from edgeproxy.stats import Histogram, ListenerStats
 
 ListenerCounts = Mapping[str, tuple[ListenerStats, int]]  # counters and open connections, by listener
@@ -75,7 +76,7 @@ def listener_families(listeners: ListenerCounts) -> list[Family]:
 
 
 def _other_fields(stats: ListenerStats) -> Iterable[tuple[str, int | float | Histogram]]:
-    for field in type(stats).__slots__:
+    for field in LISTENER_FIELDS:
         if field in _KNOWN_FIELDS:
             continue
         value = getattr(stats, field, None)

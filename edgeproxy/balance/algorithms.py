@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Sequence
 from hashlib import blake2b
 from math import gcd
 from time import monotonic
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Final, Generic, TypeVar
 
 from edgeproxy.balance.server import Server, ServerState
 
@@ -46,8 +46,8 @@ __all__ = [
     "make_balancer",
 ]
 
-_UP = ServerState.UP
-_crc32 = zlib.crc32
+_UP: Final = ServerState.UP
+_crc32: Final = zlib.crc32
 
 
 class Balancer(ABC):
@@ -264,7 +264,7 @@ class LeastConnBalancer(_TieredBalancer[_WRRTier]):
 #: Virtual points per unit of weight (ketama uses 160). Each server's share of the ring then
 #: deviates by roughly 1/sqrt(160) ~ 8% from its weight share: measured 2291..2701 clients of
 #: 10,000 on four equal servers.
-RING_POINTS_PER_WEIGHT = 160
+RING_POINTS_PER_WEIGHT: Final = 160
 
 #: Bound on ring size (unless the total weight alone exceeds it: every server keeps at least one
 #: point per unit of weight), so that a large, heavily weighted backend does not make a rebuild
@@ -272,15 +272,15 @@ RING_POINTS_PER_WEIGHT = 160
 #: points per unit of weight. Points are generated as a stable prefix per server (see
 #: `_server_points`), so lowering the count only removes points, and only the clients of the
 #: removed points move.
-RING_MAX_POINTS = 1 << 16
+RING_MAX_POINTS: Final = 1 << 16
 
 
 # name -> that server's points so far. Discovery refreshes rebuild rings of mostly unchanged
 # servers, and a ring whose points-per-weight drops (RING_MAX_POINTS) needs a shorter prefix of the
 # same points; both are then served without hashing. Cleared when full rather than LRU-evicted:
 # 4096 distinct server names is far beyond a normal deployment, so this only bounds memory.
-_POINT_CACHE: dict[str, tuple[int, ...]] = {}
-_POINT_CACHE_MAX = 4096
+_POINT_CACHE: Final[dict[str, tuple[int, ...]]] = {}
+_POINT_CACHE_MAX: Final = 4096
 
 
 def _server_points(name: str, count: int) -> tuple[int, ...]:

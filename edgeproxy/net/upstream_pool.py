@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from edgeproxy.balance import Server
 
-IDLE_SECONDS = 3
-MAX_IDLE_PER_SERVER = 256  # per process; beyond it the oldest idle one is closed
+IDLE_SECONDS: Final = 3
+MAX_IDLE_PER_SERVER: Final = 256  # per process; beyond it the oldest idle one is closed
 
 
 class Pooled(Protocol):

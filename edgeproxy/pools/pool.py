@@ -20,11 +20,14 @@ ServerKey = tuple[str, int]
 
 
 class BackendPool:
-    __slots__ = ("balancer", "config", "draining", "name", "servers_by_source")
+    __slots__ = ("balancer", "config", "draining", "name", "sends_proxy", "servers_by_source")
 
     def __init__(self, config: Backend) -> None:
         self.name = config.name
         self.config = config
+        # read per request by the http relay (which idle pool): a plain attribute of this
+        # compiled class, not two lookups through the config dataclass
+        self.sends_proxy = config.send_proxy != "none"
         self.servers_by_source: dict[str, list[Server]] = {"static": [], "swarm": []}
         # Left the pool with connections still open, and since when (time.monotonic()): the
         # runtime ends those connections once they have had timeouts.drain to finish.
@@ -52,6 +55,7 @@ class BackendPool:
     def reconfigure(self, config: Backend) -> None:
         """A reload changed this backend: new algorithm/settings, static servers re-listed."""
         self.config = config
+        self.sends_proxy = config.send_proxy != "none"
         current = self.servers
         self.balancer = make_balancer(config.balance, current)
         self.set_source("static", [_from_config(s) for s in config.servers])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from edgeproxy.proto.http_request import (
     FORWARDED,
@@ -50,7 +50,7 @@ class Forwarded(Protocol):
     def headers(self) -> tuple[str, ...]: ...
 
 
-_REAL_IP_NAMES = frozenset(spellings(b"x-real-ip"))
+_REAL_IP_NAMES: Final = frozenset(spellings(b"x-real-ip"))
 
 
 class ForwardingPolicy:

@@ -10,15 +10,17 @@ llhttp, so the two parsers check each other.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
+from typing import Final
 
 # RFC 9112 leaves head size to the implementation; 16 KiB is HAProxy's tune.bufsize default
 # and what SPEC.md promises (431 above it). Responses may carry many Set-Cookie lines: 64 KiB.
-MAX_REQUEST_HEAD = 16 * 1024
-MAX_RESPONSE_HEAD = 64 * 1024
+MAX_REQUEST_HEAD: Final = 16 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 # A chunk-size line with extensions, and the trailer section: bounded like a head.
-MAX_CHUNK_LINE = 4096
-MAX_TRAILERS = 16 * 1024
+MAX_CHUNK_LINE: Final = 4096
+MAX_TRAILERS: Final = 16 * 1024
 
 
 class MessageCounter:
@@ -59,7 +61,7 @@ def error_response(status: int) -> bytes:
     return cached
 
 
-_ERRORS: dict[int, bytes] = {}
+_ERRORS: Final[dict[int, bytes]] = {}
 
 
 def blank_line(buf: bytes | bytearray, start: int, end: int) -> int:
@@ -69,11 +71,26 @@ def blank_line(buf: bytes | bytearray, start: int, end: int) -> int:
     The caller found CRLF CRLF at ``end`` (or not at all: ``end`` is then ``len(buf)``), so
     the search is bounded by it: two finds in C, over bytes not searched before.
     """
-    a = buf.find(b"\n\n", start, end + 2)
-    b = buf.find(b"\n\r\n", start, end + 2)
-    if a < 0:
-        return b
-    return a if b < 0 or a < b else b
+    # One regex search, not two ``find(sub, start, end)``: mypyc has no primitive for those, so
+    # each is a generic method call whose arguments bytes.find parses as a tuple (callgrind:
+    # ~2000 instructions each on a 170-byte response head, the search itself a tenth of that).
+    m = _BARE_BLANK_LINE.search(buf, start, end + 2)
+    return -1 if m is None else m.start()
+
+
+_BARE_BLANK_LINE: Final = re.compile(rb"\n\r?\n")
+
+
+def decimal(value: bytes) -> int:
+    """``int(value)``, computed here for ASCII digits: compiled, int() on bytes is a generic call
+    (~860 instructions for a two-digit Content-Length, the loop a tenth of that). Anything but
+    digits (and the empty value) is int()'s: its result or its ValueError."""
+    n = 0
+    for c in value:
+        if c < 48 or c > 57:
+            return int(value)
+        n = n * 10 + c - 48
+    return n if value else int(value)
 
 
 class HeadBuffer:
@@ -114,11 +131,15 @@ class HeadBuffer:
         self.scanned = 0
         return out
 
-_HEX = b"0123456789abcdefABCDEF"
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_HEX: Final = b"0123456789abcdefABCDEF"
+_TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 # ChunkedReader states
-_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+_SIZE: Final = 0
+_DATA: Final = 1
+_DATA_END: Final = 2
+_TRAILER: Final = 3
+_DONE: Final = 4
 
 
 class ChunkedReader:

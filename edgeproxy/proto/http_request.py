@@ -27,18 +27,28 @@ has already checked the syntax, ``\\r\\n<name>:`` can only match the start of a 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
-from edgeproxy.proto.http1 import HttpError, MessageCounter
+from edgeproxy.proto.http1 import HttpError, MessageCounter, decimal
 
 # Field codes. The forwarding headers come in any letter case and, for the spoofing trick that
 # works on CGI/WSGI-style servers (which turn "-" into "_"), with underscores too.
-HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, UPGRADE, HTTP2_SETTINGS = range(1, 7)
-XFF, X_REAL_IP, XF_PROTO, XF_HOST, XF_PORT, FORWARDED = range(7, 13)
+HOST: Final = 1
+CONTENT_LENGTH: Final = 2
+TRANSFER_ENCODING: Final = 3
+CONNECTION: Final = 4
+UPGRADE: Final = 5
+HTTP2_SETTINGS: Final = 6
+XFF: Final = 7
+X_REAL_IP: Final = 8
+XF_PROTO: Final = 9
+XF_HOST: Final = 10
+XF_PORT: Final = 11
+FORWARDED: Final = 12
 
-_FORWARDING_BASE = {
+_FORWARDING_BASE: Final = {
     b"x-forwarded-for": XFF,
     b"x-real-ip": X_REAL_IP,
     b"x-forwarded-proto": XF_PROTO,
@@ -46,7 +56,7 @@ _FORWARDING_BASE = {
     b"x-forwarded-port": XF_PORT,
     b"forwarded": FORWARDED,
 }
-FIELD_CODES: dict[bytes, int] = {
+FIELD_CODES: Final[dict[bytes, int]] = {
     b"host": HOST,
     b"content-length": CONTENT_LENGTH,
     b"transfer-encoding": TRANSFER_ENCODING,
@@ -67,39 +77,39 @@ def spellings(name: bytes) -> list[bytes]:
 
 # The spellings that nearly every client uses, looked up before lower-casing (saves a call
 # per header on the hot path).
-_USUAL_SPELLING: dict[bytes, int] = {}
+_USUAL_SPELLING: Final[dict[bytes, int]] = {}
 for _name, _code in FIELD_CODES.items():
     for _spelling in (_name, _name.title(), _name.upper()):
         _USUAL_SPELLING[_spelling] = _code
 _USUAL_SPELLING[b"X-Real-IP"] = X_REAL_IP
 _USUAL_SPELLING[b"HTTP2-Settings"] = HTTP2_SETTINGS
-_LOWER = {code: name for name, code in FIELD_CODES.items()}
+_LOWER: Final = {code: name for name, code in FIELD_CODES.items()}
 
-_FIELD_RE = re.compile(
+_FIELD_RE: Final = re.compile(
     rb"\r\n(host|content-length|transfer-encoding|connection|upgrade|http2-settings"
     rb"|x[-_]forwarded[-_](?:for|proto|host|port)|x[-_]real[-_]ip|forwarded):[ \t]*([^\r]*)",
     re.IGNORECASE,
 )
 # Every spelling of every forwarding header, lower case: what an untrusted client may not send,
 # in the head or in chunked trailers.
-FORWARDING_NAMES = frozenset(spelling for name in _FORWARDING_BASE for spelling in spellings(name))
+FORWARDING_NAMES: Final = frozenset(spelling for name in _FORWARDING_BASE for spelling in spellings(name))
 
 
 # Never strippable by a client's Connection header (RFC 9110 7.6.1 hop-by-hop list abuse): the
 # framing and the routing of the request must stay what we parsed.
-_NOT_HOP_BY_HOP = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+_NOT_HOP_BY_HOP: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
 
-DEFAULT_UPGRADES = frozenset({b"websocket"})
+DEFAULT_UPGRADES: Final = frozenset({b"websocket"})
 
 # llhttp parsers between messages. An idle keep-alive connection holds none (0.6 KiB each, half of
 # its parser: issue 15): a RequestParser takes one for a head and gives it back at the end of a
 # message the connection may follow with another, where llhttp waits for a new message whoever
 # feeds it. Bounded: a burst of connections does not leave its parsers here for good.
-_FREE_LLHTTP: list[tuple[Any, MessageCounter]] = []
-_FREE_MAX = 256
+_FREE_LLHTTP: Final[list[tuple[Any, MessageCounter]]] = []
+_FREE_MAX: Final = 256
 
 
-_NO_COUNTER = MessageCounter()  # what a parser between messages points at (never counted)
+_NO_COUNTER: Final = MessageCounter()  # what a parser between messages points at (never counted)
 
 
 def _new_llhttp() -> tuple[Any, MessageCounter]:
@@ -238,7 +248,7 @@ class RequestParser:
                         framing_line = b"Content-Length: %d\r\n" % content_length
                         drop.add(b"content-length")
                 else:
-                    content_length = int(value)  # digits that llhttp parsed as a uint64: int() takes them
+                    content_length = decimal(value)  # digits that llhttp parsed as a uint64
             elif code == TRANSFER_ENCODING:
                 if not v11:
                     raise HttpError(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")

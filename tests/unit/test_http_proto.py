@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from edgeproxy.config import Forwarded, Listener, Route, Timeouts
 from edgeproxy.config.values import Address
 from edgeproxy.proto.forwarded import ForwardingPolicy
-from edgeproxy.proto.http1 import ChunkedReader, HeadBuffer, HttpError, blank_line, error_response
+from edgeproxy.proto.http1 import ChunkedReader, HeadBuffer, HttpError, blank_line, decimal, error_response
 from edgeproxy.proto.http_request import (
     FORWARDED,
     FORWARDING_NAMES,
@@ -532,3 +532,24 @@ def test_llhttp_parsers_shared_between_messages_keep_each_connection_right() -> 
     assert c.target == b"/c"
     with pytest.raises(HttpError):
         a.parse(b"GET /a3 HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+@given(st.one_of(st.integers(min_value=0, max_value=10**30).map(lambda n: b"%d" % n), st.binary(max_size=12)))
+def test_decimal_is_int(value: bytes) -> None:
+    """http1.decimal (Content-Length values, issue 15) answers as int() does, errors included."""
+    try:
+        want: int | str = int(value)
+    except ValueError:
+        want = "ValueError"
+    try:
+        got: int | str = decimal(value)
+    except ValueError:
+        got = "ValueError"
+    assert got == want
+
+
+@pytest.mark.parametrize("name", [b"Content-Length", b"CONTENT-LENGTH", b"cOnTeNt-LeNgTh"])
+def test_a_response_length_field_in_any_spelling_frames(name: bytes) -> None:
+    p = ResponseParser()
+    p.parse(b"HTTP/1.1 200 OK\r\n" + name + b": 12\r\nconnection: CLOSE\r\n\r\n", False)
+    assert (p.framing, p.content_length, p.close, p.has_connection) == (LENGTH, 12, True, True)

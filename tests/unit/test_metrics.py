@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
+
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeproxy.metrics import Family, merge, render
-from edgeproxy.stats import Histogram
+from edgeproxy.stats import DEFAULT_BUCKETS, Histogram
 
 
 def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -35,6 +39,21 @@ def test_counter_gauge_and_histogram_render_and_parse() -> None:
     assert buckets == {"0.1": 1, "1.0": 2, "+Inf": 3}
     assert got[("edgeproxy_upstream_connect_seconds_count", frozenset({("listener", "web")}))] == 3
     assert got[("edgeproxy_upstream_connect_seconds_sum", frozenset({("listener", "web")}))] == 5.55
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=50))
+def test_histogram_buckets_as_bisect_left(values: list[float]) -> None:
+    """observe() is a loop (cheaper than bisect compiled): it must count where bisect_left
+    would, bounds included (a value equal to a bound is in that bound's bucket, as le= says)."""
+    values += list(DEFAULT_BUCKETS)
+    h = Histogram()
+    for v in values:
+        h.observe(v)
+    want = [0] * (len(DEFAULT_BUCKETS) + 1)
+    for v in values:
+        want[bisect.bisect_left(DEFAULT_BUCKETS, v)] += 1
+    assert h.counts == want
+    assert h.count == len(values)
 
 
 def test_merge_sums_workers_and_the_wire_form_round_trips() -> None:
