@@ -55,23 +55,41 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     abstract Unix socket name (no file left behind) until ``release_ports()`` (end of each test,
     tests/conftest.py) or the end of the process.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    top = _ephemeral_start()
-    for _ in range(1000 if top - PORT_FLOOR >= 1000 else 0):
-        port = _random.randrange(PORT_FLOOR, top)
-        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            lock.bind(f"\0edgeproxy-test-port-{port}")
-            with socket.socket(family, kind) as probe:
-                probe.bind((host, port))
-        except OSError:
-            lock.close()
-            continue
-        _ports_reserved.append(lock)
-        return port
-    with socket.socket(family, kind) as s:  # a kernel with no room below its ephemeral range
+    base = free_port_block((0,), host, kind)
+    if base is not None:
+        return base
+    with socket.socket(_family(host), kind) as s:  # a kernel with no room below its ephemeral range
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_port_block(offsets: tuple[int, ...], host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int | None:
+    """A base port such that base + each offset is a port as ``free_port()`` gives one (free,
+    below the ephemeral range, reserved until the test ends): for a program that takes a base port
+    and binds fixed offsets from it (``edgeproxy demo --base-port``). None: no room."""
+    family, top = _family(host), _ephemeral_start() - max(offsets)
+    for _ in range(1000 if top - PORT_FLOOR >= 1000 else 0):
+        base = _random.randrange(PORT_FLOOR, top)
+        locks: list[socket.socket] = []
+        for offset in offsets:
+            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            locks.append(lock)
+            try:
+                lock.bind(f"\0edgeproxy-test-port-{base + offset}")
+                with socket.socket(family, kind) as probe:
+                    probe.bind((host, base + offset))
+            except OSError:
+                break
+        else:
+            _ports_reserved.extend(locks)
+            return base
+        for lock in locks:
+            lock.close()
+    return None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def release_ports() -> None:

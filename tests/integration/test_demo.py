@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import random
 import signal
 import socket
 import subprocess
 import sys
 import time
 
-from tests.helpers import ROOT, HttpClient
+from tests.helpers import ROOT, HttpClient, free_port_block
 
 
 def free_base_port() -> int:
-    """A base port whose demo ports (base..base+3, base+10, base+11) are all free right now."""
-    for _ in range(50):
-        base = random.randrange(20000, 40000, 20)
-        socks = []
-        try:
-            for offset in (0, 1, 2, 3, 10, 11):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range for the demo")
+    """A base port whose demo ports (base..base+3, base+10, base+11) are free and reserved against
+    the other test processes (tests run in parallel: a range only checked free was taken by
+    another worker's test before the demo bound it)."""
+    base = free_port_block((0, 1, 2, 3, 10, 11))
+    assert base is not None, "no free port range for the demo"
+    return base
 
 
 def test_demo_shows_real_client_and_stops_on_ctrl_c() -> None:

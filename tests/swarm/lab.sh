@@ -121,13 +121,20 @@ teardown() {
     [ $any = 0 ] && break; sleep 0.25
   done
   log "teardown: dockerds stopped"
-  for n in $(seq 1 "$NODES"); do
-    for p in $(our_pids "$n") $(cat /sys/fs/cgroup/pids/ep$TAG-node$n/*/cgroup.procs 2>/dev/null || true); do
-      [ "$p" = "$$" ] && continue
-      alive "$p" && kill -KILL "$p" 2>/dev/null || true
+  # Until a sweep finds none: a containerd that outlived its dockerd (a slow stop on a loaded
+  # machine) may start a shim after the sweep's ps and before its KILL; that shim, orphaned, would
+  # stay forever (seen with the suite in 4 xdist workers beside other load).
+  for i in $(seq 1 20); do
+    any=0
+    for n in $(seq 1 "$NODES"); do
+      for p in $(our_pids "$n") $(cat /sys/fs/cgroup/pids/ep$TAG-node$n/*/cgroup.procs 2>/dev/null || true); do
+        [ "$p" = "$$" ] && continue
+        if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; any=1; fi
+      done
     done
+    sleep 0.3
+    [ $any = 0 ] && break
   done
-  sleep 0.3
   log "teardown: leftovers killed"
   for n in $(seq 1 "$NODES"); do
     for c in /sys/fs/cgroup/*/ep$TAG-node$n /sys/fs/cgroup/ep$TAG-node$n; do
