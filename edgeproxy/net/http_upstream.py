@@ -244,7 +244,8 @@ class UpstreamConn(asyncio.Protocol):
                 parser.parse(head, self.head_request)
                 if parser.status >= 200 and parser.framing == LENGTH and len(buf) >= n + parser.content_length:
                     total = n + parser.content_length
-                    complete = parser.feed(buf if len(buf) == total else buf[:total])
+                    msg = buf if len(buf) == total else buf[:total]
+                    complete = parser.feed(msg)
             except HttpError:
                 if searched or blank_line(buf, 0, end) < 0:
                     raise
@@ -280,7 +281,6 @@ class UpstreamConn(asyncio.Protocol):
             if not complete:
                 raise HttpError(502, "bad_response", "ambiguous response framing")
             self.state = IDLE  # (_last, inlined: the common response)
-            msg = buf if len(buf) == total else buf[:total]
             data = msg if out_head is head else out_head + msg[n:]
             sink.response_end(self, data, len(buf) == total and not parser.close, now)
             return

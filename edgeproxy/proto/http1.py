@@ -69,7 +69,7 @@ def blank_line(buf: bytes | bytearray, start: int, end: int) -> int:
     (``\n\n`` or ``\n\r\n`` that is not part of CRLF CRLF), or -1.
 
     The caller found CRLF CRLF at ``end`` (or not at all: ``end`` is then ``len(buf)``), so
-    the search is bounded by it: two finds in C, over bytes not searched before.
+    the search is bounded by it: one regex search in C, over bytes not searched before.
     """
     # One regex search, not two ``find(sub, start, end)``: mypyc has no primitive for those, so
     # each is a generic method call whose arguments bytes.find parses as a tuple (callgrind:

@@ -28,9 +28,6 @@ _USUAL_FIELD_RE: Final = re.compile(
     rb"\r\n(Content-Length|content-length|Transfer-Encoding|transfer-encoding|Connection|connection)"
     rb":[ \t]*([^\r]*)"
 )
-_CL: Final = 0
-_TE: Final = 1
-_CONN: Final = 2
 # "HTTP/1.x NNN" -> status: one slice and one lookup check the protocol, version and status.
 _STATUS_LINE: Final = {b"HTTP/1.%d %d" % (minor, status): status for minor in (0, 1) for status in range(100, 600)}
 _CONNECTION_LINE: Final = re.compile(rb"\r\nconnection:[^\r]*", re.IGNORECASE)
@@ -118,16 +115,15 @@ def _fields(found: list[tuple[bytes, bytes]], close: bool) -> tuple[int | None, 
     cl = te = None
     has_connection = False
     for name, value in found:
-        # The regexes match only these three names, whose lengths differ (14, 17, 10): the length
-        # says which, in any spelling, without hashing the name for a dict lookup.
+        # The regexes match only Content-Length, Transfer-Encoding and Connection, whose lengths
+        # differ (14, 17, 10): the length says which, in any spelling, without hashing the name.
         size = len(name)
-        code = _CL if size == 14 else _TE if size == 17 else _CONN
-        if code == _CL:
+        if size == 14:
             try:
                 cl = decimal(value)  # what int() takes beyond digits ("+1", "1_0"), llhttp refuses in feed()
             except ValueError:
                 raise HttpError(502, "bad_response", f"invalid Content-Length {value[:20]!r}") from None
-        elif code == _TE:
+        elif size == 17:
             te = value.rstrip(b" \t").rsplit(b",", 1)[-1].strip(b" \t").lower()
         else:
             has_connection = True
