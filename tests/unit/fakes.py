@@ -175,6 +175,9 @@ async def settle() -> None:
 @contextmanager
 def _captured(stream: str) -> Iterator[io.StringIO]:
     out = io.StringIO()
+    # Lines an earlier test left in the buffer (flushed by its loop's timer, which may never run)
+    # go to the stream they were written for, not into this capture.
+    log.flush()
     saved = getattr(log, stream)
     setattr(log, stream, out)
     try:
