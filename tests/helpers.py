@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -28,74 +27,18 @@ from proxyprotocol import ProxyProtocolIncompleteError
 from proxyprotocol.detect import ProxyProtocolDetect
 from proxyprotocol.result import ProxyResult
 
+from benchmarks.netutil import PORT_FLOOR as PORT_FLOOR  # re-exported: the tests take their ports here
+from benchmarks.netutil import free_port as free_port
+from benchmarks.netutil import free_port_block as free_port_block
+from benchmarks.netutil import release_ports as release_ports
+from benchmarks.netutil import reserve_first as reserve_first
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- ports and directories for the processes the tests start ----------------------------------
-PORT_FLOOR = 10000
-_ports_reserved: list[socket.socket] = []
-_random = random.Random()  # our own: hypothesis seeds the global one inside its tests
+# Ports: benchmarks/netutil.py's reservations, one piece of code for the benchmarks and the tests.
 _test_dirs: Callable[[], Path] | None = None  # set by tests/conftest.py: pytest's tmp_path_factory
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port nothing is bound to, that no other socket will be given before the test binds it.
-
-    Binding port 0 and closing was racy: the kernel may hand that port to anyone next (another
-    test run's client or backend on this shared machine) before edgeproxy binds it. So the port
-    comes from below the kernel's ephemeral range (ip_local_port_range), which bind(0) and
-    connect() never hand out; and other test processes skip it because it is reserved under an
-    abstract Unix socket name (no file left behind) until ``release_ports()`` (end of each test,
-    tests/conftest.py) or the end of the process.
-    """
-    base = free_port_block((0,), host, kind)
-    if base is not None:
-        return base
-    with socket.socket(_family(host), kind) as s:  # a kernel with no room below its ephemeral range
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_block(offsets: tuple[int, ...], host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int | None:
-    """A base port such that base + each offset is a port as ``free_port()`` gives one (free,
-    below the ephemeral range, reserved until the test ends): for a program that takes a base port
-    and binds fixed offsets from it (``edgeproxy demo --base-port``). None: no room."""
-    family, top = _family(host), _ephemeral_start() - max(offsets)
-    for _ in range(1000 if top - PORT_FLOOR >= 1000 else 0):
-        base = _random.randrange(PORT_FLOOR, top)
-        locks: list[socket.socket] = []
-        for offset in offsets:
-            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            locks.append(lock)
-            try:
-                lock.bind(f"\0edgeproxy-test-port-{base + offset}")
-                with socket.socket(family, kind) as probe:
-                    probe.bind((host, base + offset))
-            except OSError:
-                break
-        else:
-            _ports_reserved.extend(locks)
-            return base
-        for lock in locks:
-            lock.close()
-    return None
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def release_ports() -> None:
-    """Let other test processes use the ports this one was given (they are bound by now)."""
-    while _ports_reserved:
-        _ports_reserved.pop().close()
 
 
 def test_dir(prefix: str) -> Path:
@@ -309,6 +252,23 @@ class EdgeProxy:
                     return rec
             time.sleep(0.05)
         raise AssertionError(f"no matching log line within {timeout}s:\n{self.log()}")
+
+    def wait_lines(
+        self,
+        select: Callable[[dict[str, Any]], bool],
+        enough: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 10.0,
+    ) -> list[dict[str, Any]]:
+        """The log lines ``select`` picks, once ``enough`` of them are there (at most ``timeout``:
+        then as they are, for the test's own assertion to say what is missing). Access lines are
+        written in batches, up to log.FLUSH_INTERVAL after the connection ended: a test that reads
+        them while the proxy runs waits for them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [r for r in self.log_lines() if select(r)]
+            if enough(lines) or time.monotonic() > deadline or self.proc.poll() is not None:
+                return lines
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:

@@ -88,10 +88,10 @@ def access_lines(proxy: EdgeProxy) -> list[dict[str, Any]]:
 
 
 def closed_udp_port(host: str = "127.0.0.1") -> str:
-    """A server address where nothing listens: datagrams to it draw ICMP port unreachable."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return hostport(host, s.getsockname()[1])
+    """A server address where nothing listens: datagrams to it draw ICMP port unreachable. Not a
+    port bound then closed (the kernel may give it to another socket next, which would answer):
+    one reserved like the proxy's, left unbound until the test ends."""
+    return hostport(host, free_port(host, kind=socket.SOCK_DGRAM))
 
 
 def has_ipv6_loopback() -> bool:
