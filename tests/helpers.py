@@ -189,6 +189,9 @@ def whoami_handler(conn: socket.socket, seen: Seen) -> None:
     echo_handler(conn, seen)
 
 
+START_TIMEOUT = 60.0  # seconds for ``edgeproxy run`` to log that it started
+
+
 class EdgeProxy:
     """``edgeproxy run`` in a subprocess on a generated config."""
 
@@ -215,9 +218,11 @@ class EdgeProxy:
             env=env,
         )
         # Ready when it logs "edgeproxy started" (all sockets bound): no probe connection, so
-        # backends see only the tests' own clients.
+        # backends see only the tests' own clients. A generous deadline (the wait ends as soon as
+        # the line is there): with 3 workers, 4 interpreters import edgeproxy, which took more than
+        # 15 s with the suite in 4 xdist workers beside other load (load average 8 on 2 CPUs).
         try:
-            self.wait_log(lambda r: r.get("msg") == "edgeproxy started", timeout=15)
+            self.wait_log(lambda r: r.get("msg") == "edgeproxy started", timeout=START_TIMEOUT)
         except AssertionError:
             self.stop()
             raise RuntimeError(f"edgeproxy did not start:\n{self.log()}") from None
