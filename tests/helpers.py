@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,21 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- ports and directories for the processes the tests start ----------------------------------
 # Ports: benchmarks/netutil.py's reservations, one piece of code for the benchmarks and the tests.
 _test_dirs: Callable[[], Path] | None = None  # set by tests/conftest.py: pytest's tmp_path_factory
+
+
+def reserve_name(kind: str, candidates: Iterable[str]) -> tuple[str, socket.socket]:
+    """The first of ``candidates`` that no other test process holds (a subnet, a bridge name),
+    held under an abstract Unix socket name until the returned socket is closed (or the process
+    ends): for what tests choose at random from a small set and two test runs may choose alike."""
+    for name in candidates:
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lock.bind(f"\0edgeproxy-test-{kind}-{name}")
+        except OSError:
+            lock.close()
+            continue
+        return name, lock
+    raise RuntimeError(f"no free {kind} for the tests")
 
 
 def test_dir(prefix: str) -> Path:
