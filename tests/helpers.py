@@ -56,6 +56,16 @@ def reserve_name(kind: str, candidates: Iterable[str]) -> tuple[str, socket.sock
     raise RuntimeError(f"no free {kind} for the tests")
 
 
+def closed_port(host: str = "127.0.0.1") -> tuple[socket.socket, int]:
+    """A loopback port nothing listens on: bound, not listening, so connects are refused (and
+    nobody else can take the port while the caller holds the socket: unlike a free_port() that is
+    never bound, it stays refused past the end of the test that reserved it, for a fixture that
+    outlives one test)."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.bind((host, 0))
+    return s, s.getsockname()[1]
+
+
 def test_dir(prefix: str) -> Path:
     """A new directory for one process's files (config, log): under pytest's temporary directory,
     which pytest prunes itself (it keeps the last 3 runs), so the logs can still be read after the
