@@ -396,8 +396,10 @@ class UdpBackend:
         self.sock.close()
 
 
-def udp_client(source: str = "127.0.0.1", timeout: float = 2.0) -> socket.socket:
-    """An unconnected UDP client bound to a chosen loopback address (recvfrom shows who answered)."""
+def udp_client(source: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
+    """An unconnected UDP client bound to a chosen loopback address (recvfrom shows who answered).
+    The timeout is for a reply that must come (2 s were exceeded with two suites running at once);
+    a test that expects none sets a short one."""
     family = socket.AF_INET6 if ":" in source else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
     s.settimeout(timeout)
