@@ -66,10 +66,11 @@ def reserve_first(
     for base in bases:
         locks: list[socket.socket] = []
         for offset in offsets:
-            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            lock = hold_name(f"port-{base + offset}")
+            if lock is None:
+                break
             locks.append(lock)
             try:
-                lock.bind(f"\0edgeproxy-test-port-{base + offset}")
                 with socket.socket(family, kind) as probe:
                     probe.bind((host, base + offset))
             except OSError:
@@ -80,6 +81,18 @@ def reserve_first(
         for lock in locks:
             lock.close()
     return None
+
+
+def hold_name(name: str) -> socket.socket | None:
+    """``name`` held for this process (an abstract Unix socket name: no file, released when the
+    socket is closed or the process ends), or None when another process holds it."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0edgeproxy-test-{name}")
+    except OSError:
+        lock.close()
+        return None
+    return lock
 
 
 def _family(host: str) -> socket.AddressFamily:

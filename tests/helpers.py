@@ -30,6 +30,7 @@ from proxyprotocol.result import ProxyResult
 from benchmarks.netutil import PORT_FLOOR as PORT_FLOOR  # re-exported: the tests take their ports here
 from benchmarks.netutil import free_port as free_port
 from benchmarks.netutil import free_port_block as free_port_block
+from benchmarks.netutil import hold_name
 from benchmarks.netutil import release_ports as release_ports
 from benchmarks.netutil import reserve_first as reserve_first
 
@@ -46,13 +47,9 @@ def reserve_name(kind: str, candidates: Iterable[str]) -> tuple[str, socket.sock
     held under an abstract Unix socket name until the returned socket is closed (or the process
     ends): for what tests choose at random from a small set and two test runs may choose alike."""
     for name in candidates:
-        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            lock.bind(f"\0edgeproxy-test-{kind}-{name}")
-        except OSError:
-            lock.close()
-            continue
-        return name, lock
+        lock = hold_name(f"{kind}-{name}")
+        if lock is not None:
+            return name, lock
     raise RuntimeError(f"no free {kind} for the tests")
 
 
