@@ -5,10 +5,12 @@ collide; teardown removes everything it made."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tarfile
@@ -62,9 +64,27 @@ class Lab:
     def stop(self) -> None:
         try:
             self.sh("teardown")
+            left = self._processes()
+            for pid in left:  # the machine is cleaned all the same; the test fails
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            if left:
+                raise RuntimeError(f"lab.sh teardown left processes of the lab running: {left}")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
             self._net_lock.close()
+
+    def _processes(self) -> dict[int, str]:
+        """The processes whose command line names the lab's directory (containerd shims: their
+        -address), read from /proc: a check of lab.sh's sweep, which reads ps."""
+        out = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    if f"{self.dir}/" in cmdline:
+                        out[int(entry.name)] = cmdline[:200]
+        return out
 
     def url(self, n: int) -> str:
         return f"unix://{self.dir}/node{n}/docker.sock"
