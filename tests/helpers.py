@@ -269,7 +269,10 @@ class EdgeProxy:
                 out.append(json.loads(line))
         return out
 
-    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+        """The first log line ``predicate`` accepts, waiting for it (AssertionError after
+        ``timeout``, or once the process exited). A generous default: it ends as soon as the line
+        is there, and on a loaded machine a reload or a worker's restart takes seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
