@@ -188,6 +188,7 @@ class HttpConnection(asyncio.Protocol):
     )
 
     def __init__(self, ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> None:
+        # (mypyc lays the fields out in this order: the bools together take 8 bytes, not 24)
         self.ctx = ctx
         self.loop = ctx.loop
         self.limits = _limits(ctx)
@@ -195,8 +196,11 @@ class HttpConnection(asyncio.Protocol):
         self.client: tuple[str, int] = ("", 0)
         self.dest: tuple[str, int] = ("", 0)
         self.header_reader: ClientAddressReader | None = None
+        # shared by the connections of one client address (ForwardingPolicy.for_client)
         self.fwd: ClientForwarding | None = None
-        self.log_prefix = ""  # the access log members that are the same for every request
+        # the access log members that are the same for every request: made at the first access
+        # line, so a connection holds none while access logging is off
+        self.log_prefix = ""
         self.hsts = ctx.hsts  # b"" or the Strict-Transport-Security line responses get
         upgrades = ctx.listener.upgrades
         allowed = _UPGRADES.get(upgrades)
@@ -220,15 +224,15 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.client_eof = False
         self.server_eof = False
-        self.closed: str | None = None
         self.linger = False  # close after an error answer: see _linger
+        self.in_request = False  # a request is in flight (its fields below)
+        self.closed: str | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.timer: Slot | None = None  # its deadline's, in ctx.deadlines (net/deadlines.py)
         self.timer_at = INF
         self.task: asyncio.Task[None] | None = None
         # the request in flight
-        self.in_request = False
         self.up_head = b""
         self.resends = 0
         self.tried: tuple[Server, ...] = ()  # (a tuple: most requests never add to it)
@@ -318,15 +322,21 @@ class HttpConnection(asyncio.Protocol):
         self._enter(NEW, self.started)
 
     def _client_known(self) -> None:
-        ctx = self.ctx
-        self.fwd = ctx.forwarding.for_client(self.client, self.dest)
-        prefix = f'"listener":{_json(ctx.listener.name)},"client":"{_hostport(self.client)}",'
-        if ctx.tls is not None:
-            info = cast("TlsInfo | None", self.transport.get_extra_info("tls"))
-            if info is not None:
-                sni = _json(info.sni) if info.sni is not None else "null"
-                prefix += f'"tls":"{info.version}","sni":{sni},'
+        client = self.client
+        fwd = self.fwd = self.ctx.forwarding.for_client(client, self.dest)
+        if fwd.client == client[0]:
+            self.client = (fwd.client, client[1])  # one string for all of a client's connections
+
+    def _log_prefix(self) -> str:
+        """The access log members that are the same for every request of the connection."""
+        prefix = f'"listener":{_json(self.ctx.listener.name)},"client":"{_hostport(self.client)}",'
+        # (the transport's, not ctx.tls: a reload may have turned TLS on or off since the accept)
+        info = cast("TlsInfo | None", self.transport.get_extra_info("tls"))
+        if info is not None:
+            sni = _json(info.sni) if info.sni is not None else "null"
+            prefix += f'"tls":"{info.version}","sni":{sni},'
         self.log_prefix = prefix
+        return prefix
 
     def proxy_header_done(self, client: tuple[str, int], dest: tuple[str, int], rest: bytes) -> None:
         """The accept_proxy reader parsed a trusted peer's header: that is the client now. The
@@ -908,7 +918,7 @@ class HttpConnection(asyncio.Protocol):
         if detail is None:
             # Formatted here rather than json.dumps of a dict: measured 2x the cost of proxying.
             log.access_json(
-                f'{self.log_prefix}"method":"{parser.method.decode("ascii")}",'
+                f'{self.log_prefix or self._log_prefix()}"method":"{parser.method.decode("ascii")}",'
                 f'"host":{_json(host.decode("latin-1")) if host is not None else "null"},'
                 f'"path":{_json(parser.target.decode("latin-1"))},"status":{status},'
                 f'"backend":{_json_name(pool.name) if pool is not None else "null"},'
