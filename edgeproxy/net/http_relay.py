@@ -93,12 +93,50 @@ _FORBIDDEN_TRAILERS: Final = FORWARDING_NAMES | {b"host", b"content-length", b"t
 
 _UPGRADES: Final[dict[tuple[str, ...], frozenset[bytes]]] = {}
 
-# A connection holds a RequestParser only while a request is under way (~550 bytes with what
-# it keeps of the last request): it takes one from here for a head and gives it back when the
-# request is over, and points at _NO_PARSER meanwhile, which nothing ever parses into (the two
-# places that write a parser, _request and _set_request_fields, take one first).
-_NO_PARSER: Final = RequestParser(frozenset())
-_FREE_PARSERS: Final[dict[frozenset[bytes], list[RequestParser]]] = {}  # by the upgrades they allow
+
+
+class RequestState(RequestParser):
+    """The request in flight: its parser, and the relay's fields of it (where it goes, what
+    it has cost so far), which an idle keep-alive connection has no use for."""
+
+    __slots__ = (
+        "body_left",
+        "chunks",
+        "connect_s",
+        "pool",
+        "req_in",
+        "req_out",
+        "req_start",
+        "resends",
+        "response_s",
+        "sent_at",
+        "server",
+        "status",
+        "tried",
+        "up_head",
+    )
+
+    def __init__(self, upgrades: frozenset[bytes]) -> None:
+        super().__init__(upgrades)
+        self.up_head = b""  # the head as sent upstream (kept for a resend until the response ends)
+        self.pool: BackendPool | None = None
+        self.server: Server | None = None
+        self.chunks: ChunkedReader | None = None
+        self.body_left = 0
+        self.resends = 0
+        self.tried: tuple[Server, ...] = ()  # (a tuple: most requests never add to it)
+        self.status = 0
+        self.req_in = 0
+        self.req_out = 0
+        self.req_start = self.sent_at = self.connect_s = self.response_s = 0.0
+
+
+# A connection holds a RequestState only while a request is under way (~650 bytes with what its
+# parser keeps of the last request, ~110 of them the relay's fields): it takes one from here for
+# a head and gives it back when the request is over, and points at _NO_PARSER meanwhile, which
+# nothing ever writes (the two places that start a request, _request and _refuse, take one first).
+_NO_PARSER: Final = RequestState(frozenset())
+_FREE_PARSERS: Final[dict[frozenset[bytes], list[RequestState]]] = {}  # by the upgrades they allow
 _MAX_FREE_PARSERS: Final = 1024  # per upgrades setting
 
 
@@ -136,15 +174,12 @@ class HttpConnection(asyncio.Protocol):
     its request in flight."""
 
     __slots__ = (
-        "body_left",
         "bytes_in",
         "bytes_out",
-        "chunks",
         "client",
         "client_eof",
         "closed",
         "closing",
-        "connect_s",
         "ctx",
         "dest",
         "entered",
@@ -159,30 +194,18 @@ class HttpConnection(asyncio.Protocol):
         "limits",
         "linger",
         "log_prefix",
-        "loop",
         "parser",
         "parser_upgrades",
         "partial",
         "paused",
-        "pool",
         "private",
-        "req_in",
-        "req_out",
-        "req_start",
-        "resends",
-        "response_s",
-        "sent_at",
-        "server",
         "server_eof",
         "started",
         "state",
-        "status",
         "task",
         "timer",
         "timer_at",
         "transport",
-        "tried",
-        "up_head",
         "upstream",
         "write_paused",
     )
@@ -190,7 +213,6 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> None:
         # (mypyc lays the fields out in this order: the bools together take 8 bytes, not 24)
         self.ctx = ctx
-        self.loop = ctx.loop
         self.limits = _limits(ctx)
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.client: tuple[str, int] = ("", 0)
@@ -207,17 +229,14 @@ class HttpConnection(asyncio.Protocol):
         if allowed is None:
             allowed = _UPGRADES[upgrades] = upgrade_protocols(upgrades)
         self.parser_upgrades = allowed
-        self.parser = _NO_PARSER  # between requests (see _take_parser)
+        # the request under way: its parser and fields, lent per request (see _take_parser)
+        self.parser = _NO_PARSER
         self.state = NEW
         self.partial: HeadBuffer | None = None  # a request head that did not come in one read
         self.held = b""  # bytes after the request in flight (reading is paused meanwhile)
         self.upstream: UpstreamConn | None = None
-        self.pool: BackendPool | None = None
-        self.server: Server | None = None
         self.idle = idle  # the process's shared idle upstream connections
         self.private: IdlePool[UpstreamConn] | None = None  # send_proxy backends: this client's own
-        self.chunks: ChunkedReader | None = None
-        self.body_left = 0
         self.paused = 0
         self.write_paused = False
         self.keep_alive = True
@@ -225,22 +244,14 @@ class HttpConnection(asyncio.Protocol):
         self.client_eof = False
         self.server_eof = False
         self.linger = False  # close after an error answer: see _linger
-        self.in_request = False  # a request is in flight (its fields below)
+        self.in_request = False  # a request is in flight (its fields: RequestState)
         self.closed: str | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.timer: Slot | None = None  # its deadline's, in ctx.deadlines (net/deadlines.py)
         self.timer_at = INF
         self.task: asyncio.Task[None] | None = None
-        # the request in flight
-        self.up_head = b""
-        self.resends = 0
-        self.tried: tuple[Server, ...] = ()  # (a tuple: most requests never add to it)
-        self.status = 0
-        self.req_in = 0
-        self.req_out = 0
-        self.req_start = self.sent_at = self.connect_s = self.response_s = 0.0
-        self.started = self.last_activity = self.entered = self.loop.time()
+        self.started = self.last_activity = self.entered = self.ctx.loop.time()
 
     # -- the state machine's clock ---------------------------------------------------------------
     def _enter(self, state: int, since: float) -> None:
@@ -274,7 +285,7 @@ class HttpConnection(asyncio.Protocol):
         if not self.limits[state]:
             return  # no deadline here; the next state arms its own
         deadline = self._deadline(state)
-        now = self.loop.time()
+        now = self.ctx.loop.time()
         if now < deadline:
             self._arm(deadline)  # activity moved it on since the timer was set
             return
@@ -292,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(_TIMED_OUT, self._partial_head(), self.entered)
         elif state == WAIT:
             self._error(504, "server_timeout", "no response within timeouts.server_idle")
-        elif state == BODY and not self.status:
+        elif state == BODY and not self.parser.status:
             # The body stalled: on the client's side (408) or the server stopped reading it (504).
             if self.paused & _UPSTREAM_FULL:
                 self._error(504, "server_timeout", "the server stopped reading the request body")
@@ -349,7 +360,7 @@ class HttpConnection(asyncio.Protocol):
             self.data_received(rest)
 
     def data_received(self, data: bytes) -> None:
-        now = self.last_activity = self.loop.time()
+        now = self.last_activity = self.ctx.loop.time()
         state = self.state
         if state == PROXY:
             cast(ClientAddressReader, self.header_reader).feed(data)
@@ -360,7 +371,7 @@ class HttpConnection(asyncio.Protocol):
         elif state == BODY:
             self._body(data)
         elif state == TUNNEL:
-            self.req_in += len(data)
+            self.parser.req_in += len(data)
             up = self.upstream
             if up is not None:  # (always, in TUNNEL: a plain test, cheaper than cast())
                 up.send(data)
@@ -423,12 +434,12 @@ class HttpConnection(asyncio.Protocol):
         self.partial = None
         return bytes(partial.data[:400]) if partial is not None else b""
 
-    def _take_parser(self) -> RequestParser:
+    def _take_parser(self) -> RequestState:
         """This connection's parser for the request starting now (one from the free list)."""
         parser = self.parser
         if parser is _NO_PARSER:
             free = _FREE_PARSERS.get(self.parser_upgrades)
-            parser = self.parser = free.pop() if free else RequestParser(self.parser_upgrades)
+            parser = self.parser = free.pop() if free else RequestState(self.parser_upgrades)
         return parser
 
     def _give_parser_back(self) -> None:
@@ -439,6 +450,11 @@ class HttpConnection(asyncio.Protocol):
             return
         self.parser = _NO_PARSER
         if parser.between_messages():
+            # what the next request overwrites anyway, not kept alive by the free list meanwhile
+            parser.up_head = b""
+            parser.pool = None
+            parser.chunks = None
+            parser.body_left = 0
             free = _FREE_PARSERS.get(self.parser_upgrades)
             if free is None:
                 free = _FREE_PARSERS[self.parser_upgrades] = []
@@ -459,16 +475,16 @@ class HttpConnection(asyncio.Protocol):
         fwd = self.fwd
         assert fwd is not None  # set before any request byte is read
         if parser.chunked:
-            self.chunks = ChunkedReader(frozenset() if fwd.trusted else _FORBIDDEN_TRAILERS)
-            self.body_left = -1
+            parser.chunks = ChunkedReader(frozenset() if fwd.trusted else _FORBIDDEN_TRAILERS)
+            parser.body_left = -1
         else:
-            self.chunks = None
-            self.body_left = parser.content_length
+            parser.chunks = None
+            parser.body_left = parser.content_length
         ctx = self.ctx
         if ctx.answers_locally and self._local_answer(rest, now):
             return
-        self.up_head = fwd.rewrite(head, parser)
-        pool = self.pool = ctx.pool_for_request(parser.host, parser.routing_path() if ctx.route_table else b"")
+        parser.up_head = fwd.rewrite(head, parser)
+        pool = parser.pool = ctx.pool_for_request(parser.host, parser.routing_path() if ctx.route_table else b"")
         if pool is None:
             self._error(503, "no_backend", "no backend for this request")
             return
@@ -480,7 +496,7 @@ class HttpConnection(asyncio.Protocol):
         conn = idle.get(server) if idle is not None else None
         if conn is not None:
             server.acquire()
-            self.server = server
+            parser.server = server
             self._dispatch(conn, rest, now)
         else:
             self.held = rest
@@ -492,7 +508,7 @@ class HttpConnection(asyncio.Protocol):
         ctx = self.ctx
         parser = self.parser
         # A request body would have to be read and dropped: answer, then close instead.
-        close = not self.keep_alive or self.body_left != 0
+        close = not self.keep_alive or self.parser.body_left != 0
         http01 = ctx.http01
         if http01 is not None and parser.method in (b"GET", b"HEAD"):
             body = http01(parser.target.decode("latin-1"))
@@ -515,9 +531,9 @@ class HttpConnection(asyncio.Protocol):
     def _answer(self, status: int, data: bytes, end: str, close: bool, rest: bytes, now: float) -> None:
         """A complete response from here; keep-alive goes on with the next request (handled on
         the next loop turn, so a read of many pipelined requests is not a deep recursion)."""
-        self.status = status
-        self.pool = None
-        self.req_out += len(data)
+        self.parser.status = status
+        self.parser.pool = None
+        self.parser.req_out += len(data)
         self.transport.write(data)
         self._log_request(end, None, now)
         if close:
@@ -532,7 +548,7 @@ class HttpConnection(asyncio.Protocol):
         if rest:
             self.held = rest
             self._pause(_HOLD)
-            self.loop.call_soon(self._after_answer)
+            self.ctx.loop.call_soon(self._after_answer)
         elif self.client_eof:
             self.close("client_closed")
 
@@ -541,28 +557,29 @@ class HttpConnection(asyncio.Protocol):
             return
         held, self.held = self.held, b""
         self._resume(_HOLD)
-        self._head_data(held, self.loop.time())
+        self._head_data(held, self.ctx.loop.time())
         if self.client_eof and self.state in (IDLE, HEAD):
             self.close("client_closed")
 
     def _begin_request(self, head_len: int, since: float) -> None:
         """The fields of the request in flight, for a head just read (forwarded or refused) whose
         clock started at ``since`` (its first byte; the accept, for a connection's first)."""
+        req = self.parser
         self.in_request = True
-        self.req_start = since
-        self.status = 0
-        self.req_in = head_len
-        self.req_out = 0
-        self.connect_s = self.response_s = 0.0
-        self.resends = 0
-        if self.tried:
-            self.tried = ()
+        req.req_start = since
+        req.status = 0
+        req.req_in = head_len
+        req.req_out = 0
+        req.connect_s = req.response_s = 0.0
+        req.resends = 0
+        if req.tried:
+            req.tried = ()
 
     def _connect_to(self, pool: BackendPool, server: Server | None, now: float) -> None:
         """Open a new upstream connection (to ``server``, else one the balancer picks)."""
         self._enter(CONNECTING, now)
         self._pause(_HOLD)  # the body, or the next request, waits in the kernel meanwhile
-        self.task = self.loop.create_task(self._connect(pool, server))
+        self.task = self.ctx.loop.create_task(self._connect(pool, server))
 
     async def _connect(self, pool: BackendPool, server: Server | None) -> None:
         try:
@@ -572,8 +589,8 @@ class HttpConnection(asyncio.Protocol):
             self._error(502, "connect_failed", "internal error while connecting")
 
     async def _connected(self, pool: BackendPool, server: Server | None) -> None:
-        started = self.loop.time()
-        tried = self.tried
+        started = self.ctx.loop.time()
+        tried = self.parser.tried
         header = pool.proxy_header(self.client, self.dest)
         result = await connect_upstream(
             self.ctx, pool, self.client[0], self._upstream, first=server, exclude=tried, header=header
@@ -587,35 +604,36 @@ class HttpConnection(asyncio.Protocol):
         if result is None:
             self._error(502, "connect_failed", f"no server of backend {pool.name} accepted a connection")
             return
-        transport, self.server = result
-        now = self.loop.time()
-        self.connect_s = now - started
+        transport, self.parser.server = result
+        now = self.ctx.loop.time()
+        self.parser.connect_s = now - started
         rest, self.held = self.held, b""
         conn = cast(UpstreamConn, transport.get_protocol())
         self._dispatch(conn, rest, now)
 
     def _upstream(self, server: Server) -> UpstreamConn:
-        return UpstreamConn(server, self.loop.time)
+        return UpstreamConn(server, self.ctx.loop.time)
 
     def _dispatch(self, conn: UpstreamConn, rest: bytes, now: float) -> None:
         """Write the request head, and the body bytes already here, on ``conn``: the one way a
         request goes upstream (idle connection, new connection, sent again)."""
+        req = self.parser
         self.upstream = conn
-        self.sent_at = now
-        head = self.up_head
-        if self.body_left:
+        req.sent_at = now
+        head = req.up_head
+        if req.body_left:
             try:
                 out, after = self._frame(rest)
             except HttpError as e:
                 self._refuse(e, b"", self.entered)
                 return
-            conn.begin(self, self.parser.method == b"HEAD", head + out if out else head, self.write_paused)
+            conn.begin(self, req.method == b"HEAD", head + out if out else head, self.write_paused)
             if after is None:
                 self._enter(BODY, now)
                 self._resume(_HOLD)
                 return
         else:
-            conn.begin(self, self.parser.method == b"HEAD", head, self.write_paused)
+            conn.begin(self, req.method == b"HEAD", head, self.write_paused)
             after = rest
         # _enter(WAIT, now), inlined like the two other transitions of every keep-alive request
         # (RESPONSE, IDLE): callgrind counts ~1100 instructions for the call, 1.3% of a request.
@@ -631,21 +649,22 @@ class HttpConnection(asyncio.Protocol):
 
     def _frame(self, data: bytes) -> tuple[bytes, bytes | None]:
         """Split ``data`` into this request's body bytes and what follows (None: body goes on)."""
-        chunks = self.chunks
+        req = self.parser
+        chunks = req.chunks
         if chunks is not None:
             out, after = chunks.feed(data)
         else:
-            left = self.body_left
+            left = req.body_left
             if len(data) < left:
-                self.body_left = left - len(data)
+                req.body_left = left - len(data)
                 out, after = data, None
             else:
-                self.body_left = 0
+                req.body_left = 0
                 out, after = (data, b"") if len(data) == left else (data[:left], data[left:])
         if out:
-            if self.parser.feed_body(out) != (after is not None):
+            if req.feed_body(out) != (after is not None):
                 raise HttpError(400, "bad_request", "ambiguous request body framing")
-            self.req_in += len(out)
+            req.req_in += len(out)
         return out, after
 
     def _body(self, data: bytes) -> None:
@@ -659,7 +678,7 @@ class HttpConnection(asyncio.Protocol):
             up.send(out)
         if after is not None:
             # The request is complete; the response may already be under way (an early answer).
-            self._enter(RESPONSE if self.status else WAIT, self.last_activity)
+            self._enter(RESPONSE if self.parser.status else WAIT, self.last_activity)
             if after:
                 self.held = after
                 self._pause(_HOLD)
@@ -673,7 +692,7 @@ class HttpConnection(asyncio.Protocol):
                 self.close("client_closed")
                 return False
             return True
-        if state in (WAIT, RESPONSE) or (state == CONNECTING and not self.body_left):
+        if state in (WAIT, RESPONSE) or (state == CONNECTING and not self.parser.body_left):
             # Complete requests then a half-close: they are still answered, then we close.
             return True
         self.close("client_closed")
@@ -715,14 +734,14 @@ class HttpConnection(asyncio.Protocol):
         """A 1xx response: HTTP/1.0 clients do not know them (RFC 9110 15.2)."""
         self.last_activity = now
         if self.parser.version_11:
-            self.req_out += len(head)
+            self.parser.req_out += len(head)
             self.transport.write(head)
 
     def response_head(self, parser: ResponseParser, head: bytes, now: float) -> bytes:
         """The final response head is here: decide whether the client connection stays open."""
         self.last_activity = now
-        self.status = parser.status
-        self.response_s = now - self.sent_at
+        self.parser.status = parser.status
+        self.parser.response_s = now - self.parser.sent_at
         if self.hsts:
             head = with_hsts(head, self.hsts)
         if self.state == WAIT:  # (_enter(RESPONSE, now) inlined: see _dispatch)
@@ -738,21 +757,22 @@ class HttpConnection(asyncio.Protocol):
 
     def response_data(self, data: bytes, now: float) -> None:
         self.last_activity = now
-        self.req_out += len(data)
+        self.parser.req_out += len(data)
         self.transport.write(data)
 
     def response_progress(self, now: float) -> None:
         self.last_activity = now
 
     def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool, now: float) -> None:
+        req = self.parser
         self.last_activity = now
         if data:
-            self.req_out += len(data)
+            req.req_out += len(data)
             self.transport.write(data)
         self._log_request("ok", None, now)
-        server = self.server
+        server = req.server
         self.upstream = None
-        self.server = None
+        req.server = None
         if server is not None:
             server.release()
         if self.paused & _UPSTREAM_FULL:
@@ -762,10 +782,10 @@ class HttpConnection(asyncio.Protocol):
             if self.write_paused:
                 conn.resume_reading()
             conn.release()
-            pool = self.pool
+            pool = req.pool
             if pool is not None and pool.sends_proxy:
                 if self.private is None:
-                    self.private = IdlePool(self.loop)
+                    self.private = IdlePool(self.ctx.loop)
                 self.private.put(conn)
             else:
                 self.idle.put(conn)
@@ -778,8 +798,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.state = IDLE  # (_enter(IDLE, now) inlined: see _dispatch)
         self.entered = now
-        self.up_head = b""  # (kept for a resend until now: an idle connection holds no head)
-        self._give_parser_back()
+        self._give_parser_back()  # (with the head, kept for a resend until now)
         if now + self.limits[IDLE] < self.timer_at:
             self._arm(now + self.limits[IDLE])
         if self.held:
@@ -801,11 +820,11 @@ class HttpConnection(asyncio.Protocol):
         if server is None:
             self._error(502, "server_closed", "the server closed the connection before a complete response")
             return
-        self.resends += 1
-        old = cast("Server", self.server)
-        self.server = None
+        self.parser.resends += 1
+        old = cast("Server", self.parser.server)
+        self.parser.server = None
         old.release()
-        self._connect_to(cast("BackendPool", self.pool), server, self.loop.time())
+        self._connect_to(cast("BackendPool", self.parser.pool), server, self.ctx.loop.time())
 
     def _resend_to(self, conn: UpstreamConn) -> Server | None:
         """Where to send the request again after ``conn`` closed, or None.
@@ -816,35 +835,35 @@ class HttpConnection(asyncio.Protocol):
         fired) says nothing about the server: a new connection to it. A new connection that
         closed: another server, as nginx's ``proxy_next_upstream error`` does.
         """
-        pool = self.pool
+        pool = self.parser.pool
         if (
             conn.got_bytes
             or self.state != WAIT
             or pool is None
-            or self.resends >= pool.config.retries
-            or self.chunks is not None
+            or self.parser.resends >= pool.config.retries
+            or self.parser.chunks is not None
             or self.parser.content_length
             or self.parser.method not in IDEMPOTENT
         ):
             return None
         if conn.reused:
             return conn.server
-        self.tried += (conn.server,)
-        return pool.pick(self.client[0], self.tried)
+        self.parser.tried += (conn.server,)
+        return pool.pick(self.client[0], self.parser.tried)
 
     def tunnel_start(self, conn: UpstreamConn, data: bytes, now: float) -> None:
         """101 Switching Protocols: from now on bytes are relayed as they are, both ways."""
         self.last_activity = now
-        self.status = 101
-        self.response_s = now - self.sent_at
+        self.parser.status = 101
+        self.parser.response_s = now - self.parser.sent_at
         self._enter(TUNNEL, now)
-        self.req_out += len(data)
+        self.parser.req_out += len(data)
         self.transport.write(data)
         held, self.held = self.held, b""
         self._resume(_HOLD)
         if held:
             conn.send(held)
-            self.req_in += len(held)
+            self.parser.req_in += len(held)
         if self.client_eof:
             conn.send_eof()
 
@@ -868,9 +887,9 @@ class HttpConnection(asyncio.Protocol):
     def _refuse(self, e: HttpError, head: bytes, since: float) -> None:
         """A request we will not forward (400, 405, 408, 431, 505), its head begun at ``since``."""
         if not self.in_request:
+            self._set_request_fields(head)  # (takes the parser: first)
             self._begin_request(len(head), since)
-            self.pool = None
-            self._set_request_fields(head)
+            self.parser.pool = None
         self._error(e.status, e.end, e.detail)
 
     def _set_request_fields(self, head: bytes) -> None:
@@ -885,46 +904,46 @@ class HttpConnection(asyncio.Protocol):
     def _error(self, status: int, end: str, detail: str) -> None:
         """Answer with a short error and close (the connection may be mid-request). Once part
         of a response went out, all that is left to do is to stop."""
-        if self.status or self.closed is not None:
+        if self.parser.status or self.closed is not None:
             if self.closed is None:
-                self._log_request(end, detail, self.loop.time())
+                self._log_request(end, detail, self.ctx.loop.time())
             self.close(end)
             return
-        self.status = status
+        self.parser.status = status
         data = error_response(status)
-        self.req_out += len(data)
+        self.parser.req_out += len(data)
         self.transport.write(data)
-        self._log_request(end, detail, self.loop.time())
+        self._log_request(end, detail, self.ctx.loop.time())
         self.linger = True
         self.close(end)
 
     def _log_request(self, end: str, detail: str | None, now: float) -> None:
         """Count and log the request in flight (once)."""
+        req = self.parser
         if not self.in_request:
             return
         self.in_request = False
-        status = self.status
+        status = req.status
         stats = self.ctx.stats
         stats.requests[status] = stats.requests.get(status, 0) + 1
-        duration = now - self.req_start
+        duration = now - req.req_start
         stats.request_duration.observe(duration)
-        self.bytes_out += self.req_out
+        self.bytes_out += req.req_out
         if log.access is None:
             return
-        parser = self.parser
-        server = self.server
-        host = parser.host
-        pool = self.pool
+        server = req.server
+        host = req.host
+        pool = req.pool
         if detail is None:
             # Formatted here rather than json.dumps of a dict: measured 2x the cost of proxying.
             log.access_json(
-                f'{self.log_prefix or self._log_prefix()}"method":"{parser.method.decode("ascii")}",'
+                f'{self.log_prefix or self._log_prefix()}"method":"{req.method.decode("ascii")}",'
                 f'"host":{_json(host.decode("latin-1")) if host is not None else "null"},'
-                f'"path":{_json(parser.target.decode("latin-1"))},"status":{status},'
+                f'"path":{_json(req.target.decode("latin-1"))},"status":{status},'
                 f'"backend":{_json_name(pool.name) if pool is not None else "null"},'
                 f'"server":{_json_name(server.name) if server is not None else "null"},'
-                f'"bytes_in":{self.req_in},"bytes_out":{self.req_out},"duration_ms":{duration * 1000:.1f},'
-                f'"connect_ms":{self.connect_s * 1000:.1f},"response_ms":{self.response_s * 1000:.1f},'
+                f'"bytes_in":{req.req_in},"bytes_out":{req.req_out},"duration_ms":{duration * 1000:.1f},'
+                f'"connect_ms":{req.connect_s * 1000:.1f},"response_ms":{req.response_s * 1000:.1f},'
                 f'"end":"{end}"'
             )
             return
@@ -932,17 +951,17 @@ class HttpConnection(asyncio.Protocol):
             {
                 "listener": self.ctx.listener.name,
                 "client": _hostport(self.client),
-                "method": parser.method.decode("latin-1"),
+                "method": req.method.decode("latin-1"),
                 "host": host.decode("latin-1") if host is not None else None,
-                "path": parser.target.decode("latin-1"),
+                "path": req.target.decode("latin-1"),
                 "status": status,
                 "backend": pool.name if pool is not None else self.ctx.listener.backend,
                 "server": server.name if server is not None else None,
-                "bytes_in": self.req_in,
-                "bytes_out": self.req_out,
+                "bytes_in": req.req_in,
+                "bytes_out": req.req_out,
                 "duration_ms": round(duration * 1000, 1),
-                "connect_ms": round(self.connect_s * 1000, 1),
-                "response_ms": round(self.response_s * 1000, 1),
+                "connect_ms": round(req.connect_s * 1000, 1),
+                "response_ms": round(req.response_s * 1000, 1),
                 "end": end,
                 "error": detail,
                 **self._tls_fields(),
@@ -975,14 +994,14 @@ class HttpConnection(asyncio.Protocol):
         if up is not None:
             up.close()
         if self.in_request:
-            if not self.status:
-                self.status = 499  # nginx's "client closed request": no response was sent
-            self._log_request(reason, None, self.loop.time())
-        self._give_parser_back()
-        server = self.server
-        self.server = None
+            if not self.parser.status:
+                self.parser.status = 499  # nginx's "client closed request": no response was sent
+            self._log_request(reason, None, self.ctx.loop.time())
+        server = self.parser.server
         if server is not None:
+            self.parser.server = None
             server.release()
+        self._give_parser_back()
         if self.private is not None:
             self.private.close_all()
         t = self.transport
@@ -993,7 +1012,7 @@ class HttpConnection(asyncio.Protocol):
             # still comes for up to LINGER_SECONDS, then close (nginx's lingering_close).
             t.write_eof()
             t.resume_reading()
-            self._enter(LINGER, self.loop.time())
+            self._enter(LINGER, self.ctx.loop.time())
         else:
             if self.timer is not None:
                 self.ctx.deadlines.discard(self, self.timer)
