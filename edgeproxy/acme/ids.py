@@ -3,7 +3,6 @@ certificates at every reload needs this, not the storage and its imports)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 
@@ -12,5 +11,7 @@ def cert_id(names: Sequence[str]) -> str:
     it has several (file- and label-safe: names are checked DNS names)."""
     if len(names) == 1:
         return names[0]
+    import hashlib  # (here: every reload places certificates, few configs have multi-name ones)
+
     digest = hashlib.sha256(",".join(names).encode("ascii")).hexdigest()[:10]
     return f"{names[0]}+{digest}"

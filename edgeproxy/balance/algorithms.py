@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import random
 import zlib
+from _blake2 import blake2b  # (what hashlib.blake2b is, without loading OpenSSL's _hashlib)
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Sequence
-from hashlib import blake2b
 from math import gcd
 from time import monotonic
 from typing import ClassVar, Final, Generic, TypeVar
