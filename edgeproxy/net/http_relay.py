@@ -200,7 +200,6 @@ class HttpConnection(asyncio.Protocol):
         "paused",
         "private",
         "server_eof",
-        "started",
         "state",
         "task",
         "timer",
@@ -251,7 +250,8 @@ class HttpConnection(asyncio.Protocol):
         self.timer: Slot | None = None  # its deadline's, in ctx.deadlines (net/deadlines.py)
         self.timer_at = INF
         self.task: asyncio.Task[None] | None = None
-        self.started = self.last_activity = self.entered = self.ctx.loop.time()
+        # (in NEW, ``entered`` is the accept: the first request's clock runs from it)
+        self.last_activity = self.entered = self.ctx.loop.time()
 
     # -- the state machine's clock ---------------------------------------------------------------
     def _enter(self, state: int, since: float) -> None:
@@ -327,10 +327,10 @@ class HttpConnection(asyncio.Protocol):
         # (Behind TLS the layer read the PROXY header before the handshake: net/tls.py.)
         if ctx.tls is None and ctx.must_send_proxy_header(peer[0]):
             self.header_reader = ClientAddressReader(ctx, self)
-            self._enter(PROXY, self.started)
+            self._enter(PROXY, self.entered)
             return
         self._client_known()
-        self._enter(NEW, self.started)
+        self._enter(NEW, self.entered)
 
     def _client_known(self) -> None:
         client = self.client
@@ -355,7 +355,7 @@ class HttpConnection(asyncio.Protocol):
         self.header_reader = None
         self.client, self.dest = client, dest
         self._client_known()
-        self._enter(NEW, self.started)
+        self._enter(NEW, self.entered)
         if rest:
             self.data_received(rest)
 
@@ -387,7 +387,7 @@ class HttpConnection(asyncio.Protocol):
             # Any byte starts the head's clock, empty lines too; the first request's clock has
             # run since accept. (A head that is complete in this read never waits in HEAD.)
             state = self.state
-            since = self.entered if state == HEAD else self.started if state == NEW else now
+            since = now if state == IDLE else self.entered  # (NEW: the accept; HEAD: its first byte)
             if data[0] == 13 or data[0] == 10:
                 data = data.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request are ignored
                 if not data:
