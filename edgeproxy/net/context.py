@@ -65,7 +65,7 @@ class ListenerContext:
         self.hsts = b"Strict-Transport-Security: max-age=%d\r\n" % ltls.hsts if ltls and ltls.hsts and tls else b""
         # Client and server inactivity end the same relay, so one timer with the smaller limit.
         self.idle_timeout = min(timeouts.client_idle_for(listener.mode), timeouts.server_idle)
-        self.http_limits: tuple[float, ...] | None = None  # http: per-state limits (net/http_relay.py)
+        self.http_settings: object = None  # http: what its connections share (net/http_relay.py)
         self.trusted_proxies = listener.accept_proxy.trusted if listener.accept_proxy else ()
         self.forwarding = ForwardingPolicy(listener.forwarded, https=tls is not None)
         self.answers_locally = listener.redirect_https is not None or self._http01 is not None

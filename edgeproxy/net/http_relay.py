@@ -21,10 +21,10 @@ The connection is a state machine with one state variable (``state``):
     WAIT ─101─▶ TUNNEL;  WAIT ─server closed, no byte, idempotent─▶ CONNECTING (sent again)
     any ─error answer─▶ LINGER ─▶ CLOSED;  any ─close─▶ CLOSED
 
-Each state has one deadline (``_limits`` and ``_FROM_ENTRY``: a limit counted from entering the
-state or from the last byte either way), used both to arm the connection's single timer and,
-when it fires, to decide whether the deadline really passed (``_deadline``) and what it means
-(``_expire``). Empty lines before a request are head bytes: they start the head's clock, so a
+Each state has one deadline (``HttpSettings.limits`` and ``_FROM_ENTRY``: a limit counted from
+entering the state or from the last byte either way), used both to arm the connection's single
+timer and, when it fires, to decide whether the deadline really passed (``_deadline``) and what
+it means (``_expire``). Empty lines before a request are head bytes: they start the head's clock, so a
 client cannot hold a connection by sending CRLF forever. The one task a connection may run (a
 connect) is kept in ``task`` and cancelled on close.
 """
@@ -77,7 +77,7 @@ STATE_NAMES: Final = (
 )  # fmt: skip
 
 # The deadline of each state: True counts its limit from entering the state, False from the last
-# byte in either direction (or entering, if later). Limits: ``_limits`` (0: no deadline).
+# byte in either direction (or entering, if later). Limits: ``HttpSettings.limits`` (0: no deadline).
 _FROM_ENTRY: Final = (True, True, True, True, False, False, False, False, False, True, False)
 
 # reasons to stop reading from the client (a bit mask: reading resumes when none is left)
@@ -140,19 +140,35 @@ _FREE_PARSERS: Final[dict[frozenset[bytes], list[RequestState]]] = {}  # by the 
 _MAX_FREE_PARSERS: Final = 1024  # per upgrades setting
 
 
-def _limits(ctx: ListenerContext) -> tuple[float, ...]:
-    """Seconds allowed in each state, from the listener's timeouts (0: no deadline): one tuple
-    per listener setting, kept in ``ctx.http_limits`` and shared by its connections (an 11-tuple
-    each was 128 bytes apiece)."""
-    limits = ctx.http_limits
-    if limits is None:
+class HttpSettings:
+    """What a connection reads of its listener's settings, as they were when it connected (a
+    reload makes new ones for the connections after it): one object per setting, kept in
+    ``ctx.http_settings`` and shared, where each connection held the four (issue 15)."""
+
+    __slots__ = ("hsts", "idle", "limits", "upgrades")
+
+    def __init__(self, ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> None:
         t = ctx.timeouts
-        idle = ctx.idle_timeout
+        idle_s = ctx.idle_timeout
+        # Seconds allowed in each state (0: no deadline).
         # PROXY NEW IDLE HEAD CONNECTING BODY WAIT RESPONSE TUNNEL LINGER CLOSED
         # CONNECTING has none of its own: connect_upstream bounds every attempt by timeouts.connect.
-        limits = ctx.http_limits = (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle,
-                                    t.server_idle, idle, idle, LINGER_SECONDS, 0.0)  # fmt: skip
-    return limits
+        self.limits: tuple[float, ...] = (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0,
+                                          idle_s, t.server_idle, idle_s, idle_s, LINGER_SECONDS, 0.0)  # fmt: skip
+        self.hsts = ctx.hsts  # b"" or the Strict-Transport-Security line responses get
+        upgrades = ctx.listener.upgrades
+        allowed = _UPGRADES.get(upgrades)
+        if allowed is None:
+            allowed = _UPGRADES[upgrades] = upgrade_protocols(upgrades)
+        self.upgrades = allowed  # what a request may upgrade to (the parsers' setting)
+        self.idle = idle  # the process's shared idle upstream connections
+
+
+def _settings(ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> HttpSettings:
+    settings = ctx.http_settings
+    if not isinstance(settings, HttpSettings) or settings.idle is not idle:
+        settings = ctx.http_settings = HttpSettings(ctx, idle)
+    return settings
 
 
 class HttpListener(TcpListener):
@@ -186,20 +202,17 @@ class HttpConnection(asyncio.Protocol):
         "fwd",
         "header_reader",
         "held",
-        "hsts",
-        "idle",
         "in_request",
         "keep_alive",
         "last_activity",
-        "limits",
         "linger",
         "log_prefix",
         "parser",
-        "parser_upgrades",
         "partial",
         "paused",
         "private",
         "server_eof",
+        "settings",
         "state",
         "task",
         "timer",
@@ -212,7 +225,7 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> None:
         # (mypyc lays the fields out in this order: the bools together take 8 bytes, not 24)
         self.ctx = ctx
-        self.limits = _limits(ctx)
+        self.settings = _settings(ctx, idle)
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.client: tuple[str, int] = ("", 0)
         self.dest: tuple[str, int] = ("", 0)
@@ -222,19 +235,12 @@ class HttpConnection(asyncio.Protocol):
         # the access log members that are the same for every request: made at the first access
         # line, so a connection holds none while access logging is off
         self.log_prefix = ""
-        self.hsts = ctx.hsts  # b"" or the Strict-Transport-Security line responses get
-        upgrades = ctx.listener.upgrades
-        allowed = _UPGRADES.get(upgrades)
-        if allowed is None:
-            allowed = _UPGRADES[upgrades] = upgrade_protocols(upgrades)
-        self.parser_upgrades = allowed
         # the request under way: its parser and fields, lent per request (see _take_parser)
         self.parser = _NO_PARSER
         self.state = NEW
         self.partial: HeadBuffer | None = None  # a request head that did not come in one read
         self.held = b""  # bytes after the request in flight (reading is paused meanwhile)
         self.upstream: UpstreamConn | None = None
-        self.idle = idle  # the process's shared idle upstream connections
         self.private: IdlePool[UpstreamConn] | None = None  # send_proxy backends: this client's own
         self.paused = 0
         self.write_paused = False
@@ -261,7 +267,7 @@ class HttpConnection(asyncio.Protocol):
         so at entry ``_deadline`` is ``since + limit`` whichever way the state counts."""
         self.state = state
         self.entered = since
-        limit = self.limits[state]
+        limit = self.settings.limits[state]
         if limit and since + limit < self.timer_at:
             self._arm(since + limit)
 
@@ -269,7 +275,7 @@ class HttpConnection(asyncio.Protocol):
         since = self.entered
         if not _FROM_ENTRY[state] and self.last_activity > since:
             since = self.last_activity
-        return since + self.limits[state]
+        return since + self.settings.limits[state]
 
     def _arm(self, when: float) -> None:
         deadlines = self.ctx.deadlines
@@ -282,7 +288,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer = None
         self.timer_at = INF
         state = self.state
-        if not self.limits[state]:
+        if not self.settings.limits[state]:
             return  # no deadline here; the next state arms its own
         deadline = self._deadline(state)
         now = self.ctx.loop.time()
@@ -438,8 +444,8 @@ class HttpConnection(asyncio.Protocol):
         """This connection's parser for the request starting now (one from the free list)."""
         parser = self.parser
         if parser is _NO_PARSER:
-            free = _FREE_PARSERS.get(self.parser_upgrades)
-            parser = self.parser = free.pop() if free else RequestState(self.parser_upgrades)
+            free = _FREE_PARSERS.get(self.settings.upgrades)
+            parser = self.parser = free.pop() if free else RequestState(self.settings.upgrades)
         return parser
 
     def _give_parser_back(self) -> None:
@@ -455,9 +461,9 @@ class HttpConnection(asyncio.Protocol):
             parser.pool = None
             parser.chunks = None
             parser.body_left = 0
-            free = _FREE_PARSERS.get(self.parser_upgrades)
+            free = _FREE_PARSERS.get(self.settings.upgrades)
             if free is None:
-                free = _FREE_PARSERS[self.parser_upgrades] = []
+                free = _FREE_PARSERS[self.settings.upgrades] = []
             if len(free) < _MAX_FREE_PARSERS:
                 free.append(parser)
 
@@ -492,7 +498,7 @@ class HttpConnection(asyncio.Protocol):
         if server is None:
             self._error(503, "no_server", f"no server of backend {pool.name} is up")
             return
-        idle = self.private if pool.sends_proxy else self.idle
+        idle = self.private if pool.sends_proxy else self.settings.idle
         conn = idle.get(server) if idle is not None else None
         if conn is not None:
             server.acquire()
@@ -543,8 +549,9 @@ class HttpConnection(asyncio.Protocol):
         self._give_parser_back()
         self.state = IDLE
         self.entered = now
-        if now + self.limits[IDLE] < self.timer_at:
-            self._arm(now + self.limits[IDLE])
+        deadline = now + self.settings.limits[IDLE]
+        if deadline < self.timer_at:
+            self._arm(deadline)
         if rest:
             self.held = rest
             self._pause(_HOLD)
@@ -639,8 +646,9 @@ class HttpConnection(asyncio.Protocol):
         # (RESPONSE, IDLE): callgrind counts ~1100 instructions for the call, 1.3% of a request.
         self.state = WAIT
         self.entered = now
-        if now + self.limits[WAIT] < self.timer_at:
-            self._arm(now + self.limits[WAIT])
+        deadline = now + self.settings.limits[WAIT]
+        if deadline < self.timer_at:
+            self._arm(deadline)
         if after:
             self.held = after
             self._pause(_HOLD)
@@ -742,12 +750,14 @@ class HttpConnection(asyncio.Protocol):
         self.last_activity = now
         self.parser.status = parser.status
         self.parser.response_s = now - self.parser.sent_at
-        if self.hsts:
-            head = with_hsts(head, self.hsts)
+        hsts = self.settings.hsts
+        if hsts:
+            head = with_hsts(head, hsts)
         if self.state == WAIT:  # (_enter(RESPONSE, now) inlined: see _dispatch)
             self.state = RESPONSE  # (its clock is the last byte: last_activity, now)
-            if now + self.limits[RESPONSE] < self.timer_at:
-                self._arm(now + self.limits[RESPONSE])
+            deadline = now + self.settings.limits[RESPONSE]
+            if deadline < self.timer_at:
+                self._arm(deadline)
         if self.keep_alive and not parser.close and parser.framing != UNTIL_CLOSE:
             return head
         self.keep_alive = False
@@ -788,7 +798,7 @@ class HttpConnection(asyncio.Protocol):
                     self.private = IdlePool(self.ctx.loop)
                 self.private.put(conn)
             else:
-                self.idle.put(conn)
+                self.settings.idle.put(conn)
         else:
             conn.close()
         if not complete or not self.keep_alive:
@@ -799,8 +809,9 @@ class HttpConnection(asyncio.Protocol):
         self.state = IDLE  # (_enter(IDLE, now) inlined: see _dispatch)
         self.entered = now
         self._give_parser_back()  # (with the head, kept for a resend until now)
-        if now + self.limits[IDLE] < self.timer_at:
-            self._arm(now + self.limits[IDLE])
+        deadline = now + self.settings.limits[IDLE]
+        if deadline < self.timer_at:
+            self._arm(deadline)
         if self.held:
             held, self.held = self.held, b""
             self._resume(_HOLD)
