@@ -40,6 +40,7 @@ from typing import cast
 import yaml
 
 from benchmarks import machine
+from benchmarks.netutil import ephemeral_start, free_port
 from benchmarks.procs import Managed, cpu_seconds, pinned
 from benchmarks.proxies import DEFAULT_EDGEPROXY
 
@@ -128,12 +129,6 @@ def relay(port: int, server_port: int) -> None:
 
 
 # -- clients --------------------------------------------------------------------------------------
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_steady(port: int, pairs: int, window: int) -> tuple[float, int]:
     """(seconds, replies) for ``pairs`` queries with ``window`` in flight, all from one socket."""
     c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -159,15 +154,19 @@ def run_steady(port: int, pairs: int, window: int) -> tuple[float, int]:
 
 
 class FreshSources:
-    """Client addresses never used before in this run: 127.0.1.x, ports 10000-29999 (below the
-    ephemeral range, so a port is not taken by another socket of the machine by chance)."""
+    """Client addresses never used before in this run: 127.0.1.x, ports of the ephemeral range.
+    Not below it: that is where the tests' free_port() reserves the ports a proxy will bind (a
+    wildcard bind of port p fails while 127.0.1.x:p is bound); a port some other socket holds
+    is skipped."""
 
     def __init__(self) -> None:
         self.n = 0
+        self.first = ephemeral_start()
+        self.span = min(20000, 65536 - self.first)
 
     def socket(self) -> socket.socket:
         while True:
-            ip, port = f"127.0.1.{1 + self.n // 20000}", 10000 + self.n % 20000
+            ip, port = f"127.0.1.{1 + self.n // self.span}", self.first + self.n % self.span
             self.n += 1
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
@@ -224,8 +223,8 @@ class Relay:
 def start_edgeproxy(
     name: str, command: list[str], workdir: Path, server_port: int, args: argparse.Namespace, cpus: str | None
 ) -> Relay:
-    port = free_udp_port()
     host = "0.0.0.0" if args.wildcard else "127.0.0.1"
+    port = free_port(host, kind=socket.SOCK_DGRAM)
     cfg = {
         "log": {"access": "off", "level": "warning"},
         "timeouts": {"client_idle": f"{IDLE:g}s"},
@@ -292,7 +291,7 @@ def main() -> int:
             time.sleep(0.02)
         commands = [shlex.split(c) for c in args.edgeproxy] or [DEFAULT_EDGEPROXY]
         relays = [Relay("direct", server_port, None)]
-        bare_port = free_udp_port()
+        bare_port = free_port(kind=socket.SOCK_DGRAM)
         bare_cmd = [sys.executable, "-m", "benchmarks.udp_dns", "--relay", str(bare_port), str(server_port)]
         bare = Managed("bare", pinned(bare_cmd, relay_cpus), workdir / "bare.log")
         procs.append(bare)

@@ -56,3 +56,27 @@ def _process_dirs_under_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> 
 def _release_ports() -> Iterator[None]:
     yield
     helpers.release_ports()
+
+
+@pytest.fixture(autouse=True)
+def _own_log_state() -> Iterator[None]:
+    """Every test starts with edgeproxy.log as the first one did: the process-global logger
+    keeps a buffer, a flush timer and its settings, and a test that ran a proxy in this process
+    (a reload to a log file, a level, a format) or swapped its streams would otherwise leave them
+    to whichever test this xdist worker runs next (a buffered access line once landed in the next
+    test's capture: CI of stop 19). What it buffered is written where it was meant to go, a
+    file it opened is closed, its timer (of a loop that may be gone) cancelled."""
+    from edgeproxy.log import Logger, _close, log
+
+    settings = ("level", "fmt", "events", "access", "_access_target", "worker")
+    # every attribute of the logger is either one of those or what the lines below reset
+    assert set(vars(Logger())) == {*settings, "_buffer", "_size", "_timer"}
+    saved = {name: getattr(log, name) for name in settings}
+    yield
+    log.flush()  # also cancels the timer
+    log._buffer.clear()  # (kept by flush() when the test left no access stream)
+    log._size = 0
+    if log.access is not saved["access"]:
+        _close(log.access)
+    for name, value in saved.items():
+        setattr(log, name, value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -18,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,74 +27,40 @@ from proxyprotocol import ProxyProtocolIncompleteError
 from proxyprotocol.detect import ProxyProtocolDetect
 from proxyprotocol.result import ProxyResult
 
+from benchmarks.netutil import PORT_FLOOR as PORT_FLOOR  # re-exported: the tests take their ports here
+from benchmarks.netutil import free_port as free_port
+from benchmarks.netutil import free_port_block as free_port_block
+from benchmarks.netutil import hold_name
+from benchmarks.netutil import release_ports as release_ports
+from benchmarks.netutil import reserve_first as reserve_first
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- ports and directories for the processes the tests start ----------------------------------
-PORT_FLOOR = 10000
-_ports_reserved: list[socket.socket] = []
-_random = random.Random()  # our own: hypothesis seeds the global one inside its tests
+# Ports: benchmarks/netutil.py's reservations, one piece of code for the benchmarks and the tests.
 _test_dirs: Callable[[], Path] | None = None  # set by tests/conftest.py: pytest's tmp_path_factory
 
 
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+def reserve_name(kind: str, candidates: Iterable[str]) -> tuple[str, socket.socket]:
+    """The first of ``candidates`` that no other test process holds (a subnet, a bridge name),
+    held under an abstract Unix socket name until the returned socket is closed (or the process
+    ends): for what tests choose at random from a small set and two test runs may choose alike."""
+    for name in candidates:
+        lock = hold_name(f"{kind}-{name}")
+        if lock is not None:
+            return name, lock
+    raise RuntimeError(f"no free {kind} for the tests")
 
 
-def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port nothing is bound to, that no other socket will be given before the test binds it.
-
-    Binding port 0 and closing was racy: the kernel may hand that port to anyone next (another
-    test run's client or backend on this shared machine) before edgeproxy binds it. So the port
-    comes from below the kernel's ephemeral range (ip_local_port_range), which bind(0) and
-    connect() never hand out; and other test processes skip it because it is reserved under an
-    abstract Unix socket name (no file left behind) until ``release_ports()`` (end of each test,
-    tests/conftest.py) or the end of the process.
-    """
-    base = free_port_block((0,), host, kind)
-    if base is not None:
-        return base
-    with socket.socket(_family(host), kind) as s:  # a kernel with no room below its ephemeral range
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_block(offsets: tuple[int, ...], host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int | None:
-    """A base port such that base + each offset is a port as ``free_port()`` gives one (free,
-    below the ephemeral range, reserved until the test ends): for a program that takes a base port
-    and binds fixed offsets from it (``edgeproxy demo --base-port``). None: no room."""
-    family, top = _family(host), _ephemeral_start() - max(offsets)
-    for _ in range(1000 if top - PORT_FLOOR >= 1000 else 0):
-        base = _random.randrange(PORT_FLOOR, top)
-        locks: list[socket.socket] = []
-        for offset in offsets:
-            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            locks.append(lock)
-            try:
-                lock.bind(f"\0edgeproxy-test-port-{base + offset}")
-                with socket.socket(family, kind) as probe:
-                    probe.bind((host, base + offset))
-            except OSError:
-                break
-        else:
-            _ports_reserved.extend(locks)
-            return base
-        for lock in locks:
-            lock.close()
-    return None
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def release_ports() -> None:
-    """Let other test processes use the ports this one was given (they are bound by now)."""
-    while _ports_reserved:
-        _ports_reserved.pop().close()
+def closed_port(host: str = "127.0.0.1") -> tuple[socket.socket, int]:
+    """A loopback port nothing listens on: bound, not listening, so connects are refused (and
+    nobody else can take the port while the caller holds the socket: unlike a free_port() that is
+    never bound, it stays refused past the end of the test that reserved it, for a fixture that
+    outlives one test)."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.bind((host, 0))
+    return s, s.getsockname()[1]
 
 
 def test_dir(prefix: str) -> Path:
@@ -246,6 +211,9 @@ def whoami_handler(conn: socket.socket, seen: Seen) -> None:
     echo_handler(conn, seen)
 
 
+START_TIMEOUT = 60.0  # seconds for ``edgeproxy run`` to log that it started
+
+
 class EdgeProxy:
     """``edgeproxy run`` in a subprocess on a generated config."""
 
@@ -272,9 +240,11 @@ class EdgeProxy:
             env=env,
         )
         # Ready when it logs "edgeproxy started" (all sockets bound): no probe connection, so
-        # backends see only the tests' own clients.
+        # backends see only the tests' own clients. A generous deadline (the wait ends as soon as
+        # the line is there): with 3 workers, 4 interpreters import edgeproxy, which took more than
+        # 15 s with the suite in 4 xdist workers beside other load (load average 8 on 2 CPUs).
         try:
-            self.wait_log(lambda r: r.get("msg") == "edgeproxy started", timeout=15)
+            self.wait_log(lambda r: r.get("msg") == "edgeproxy started", timeout=START_TIMEOUT)
         except AssertionError:
             self.stop()
             raise RuntimeError(f"edgeproxy did not start:\n{self.log()}") from None
@@ -299,7 +269,10 @@ class EdgeProxy:
                 out.append(json.loads(line))
         return out
 
-    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+        """The first log line ``predicate`` accepts, waiting for it (AssertionError after
+        ``timeout``, or once the process exited). A generous default: it ends as soon as the line
+        is there, and on a loaded machine a reload or a worker's restart takes seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -309,6 +282,23 @@ class EdgeProxy:
                     return rec
             time.sleep(0.05)
         raise AssertionError(f"no matching log line within {timeout}s:\n{self.log()}")
+
+    def wait_lines(
+        self,
+        select: Callable[[dict[str, Any]], bool],
+        enough: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 10.0,
+    ) -> list[dict[str, Any]]:
+        """The log lines ``select`` picks, once ``enough`` of them are there (at most ``timeout``:
+        then as they are, for the test's own assertion to say what is missing). Access lines are
+        written in batches, up to log.FLUSH_INTERVAL after the connection ended: a test that reads
+        them while the proxy runs waits for them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [r for r in self.log_lines() if select(r)]
+            if enough(lines) or time.monotonic() > deadline or self.proc.poll() is not None:
+                return lines
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
@@ -406,8 +396,10 @@ class UdpBackend:
         self.sock.close()
 
 
-def udp_client(source: str = "127.0.0.1", timeout: float = 2.0) -> socket.socket:
-    """An unconnected UDP client bound to a chosen loopback address (recvfrom shows who answered)."""
+def udp_client(source: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
+    """An unconnected UDP client bound to a chosen loopback address (recvfrom shows who answered).
+    The timeout is for a reply that must come (2 s were exceeded with two suites running at once);
+    a test that expects none sets a short one."""
     family = socket.AF_INET6 if ":" in source else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
     s.settimeout(timeout)

@@ -164,9 +164,9 @@ async def run_to_end(work: Awaitable[T]) -> T:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
+            cancelled = True  # also when the work ended in the same turn: still the caller's
             if task.done():
                 break
-            cancelled = True
     if cancelled:
         raise asyncio.CancelledError
     return task.result()

@@ -83,7 +83,8 @@ def scratch() -> Iterator[Path]:
     """Under the docker lock, a tmpfs for the engines' data (removed with everything on it)."""
     need_image()
     with open(LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _held_by_an_ancestor(lock.fileno()):
+            fcntl.flock(lock, fcntl.LOCK_EX)
         d = Path(tempfile.mkdtemp(prefix="epi-", dir="/tmp"))  # short: unix socket paths below
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,mode=0755", "edgeproxy-image", str(d)], check=True)
         try:
@@ -92,6 +93,30 @@ def scratch() -> Iterator[Path]:
             if subprocess.run(["umount", str(d)], capture_output=True, check=False).returncode != 0:
                 subprocess.run(["umount", "-l", str(d)], check=False)
             d.rmdir()
+
+
+def _held_by_an_ancestor(fd: int) -> bool:
+    """Whether a process this one descends from holds the lock on this file: the whole run was
+    started under ``flock LOCK pytest ...``. Taking it again from here would wait for ourselves
+    (a new open file, a new flock: the image tests timed out after 600 s that way)."""
+    inode = os.fstat(fd).st_ino
+    ancestors, pid = set(), os.getpid()
+    while pid > 1:
+        ancestors.add(pid)
+        try:  # /proc/PID/stat: "pid (comm) state ppid ...", comm may hold spaces and parentheses
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <maj:min:inode> 0 EOF"; "->": a waiter
+        if (
+            len(fields) >= 6
+            and fields[1] == "FLOCK"
+            and int(fields[5].rsplit(":", 1)[1]) == inode
+            and int(fields[4]) in ancestors
+        ):
+            return True
+    return False
 
 
 def _size_of(text: str) -> int:

@@ -32,6 +32,7 @@ from tests.helpers import (
     edgeproxy,
     free_port,
     proxy_config,
+    reserve_first,
     udp_client,
     whoami_handler,
 )
@@ -45,17 +46,13 @@ def as_root() -> None:
 
 
 def free_low_port(taken: Collection[int] = (), kind: int = socket.SOCK_STREAM) -> int:
-    """A port below 1024, free on 127.0.0.1 (as root, we can try)."""
-    for port in random.sample(range(600, 1024), 424):
-        if port in taken:
-            continue
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port below 1024 on 127.0.0.1")
+    """A port below 1024, free on 127.0.0.1 (as root, we can try), reserved like free_port()'s
+    until the test ends: two test processes cannot both pick it."""
+    low = [port for port in range(600, 1024) if port not in taken]
+    port = reserve_first(random.sample(low, len(low)), host="127.0.0.1", kind=kind)
+    if port is None:
+        raise RuntimeError("no free port below 1024 on 127.0.0.1")
+    return port
 
 
 @pytest.fixture

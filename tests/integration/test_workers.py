@@ -48,7 +48,7 @@ def test_two_workers_share_connections_and_one_scrape_sees_the_sum() -> None:
         load.stop()
         assert load.failures == []
         # Each worker served a share: the access log says which worker handled each connection.
-        proxy.wait_log(lambda r: sum(1 for x in proxy.log_lines() if "end" in x) >= load.ok, timeout=5)
+        proxy.wait_log(lambda r: sum(1 for x in proxy.log_lines() if "end" in x) >= load.ok)
         by_worker = Counter(r["worker"] for r in proxy.log_lines() if "end" in r)
         assert set(by_worker) == {1, 2}
         assert min(by_worker.values()) > load.ok * 0.1, by_worker

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -28,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, reserve_name
 
 IMAGE = "local/bb:2"
 CGI = '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "remote=$REMOTE_ADDR xff=$HTTP_X_FORWARDED_FOR"\n'
@@ -188,7 +189,9 @@ def swarm() -> Iterator[Swarm]:
     tag = secrets.token_hex(3)
     d = Path(tempfile.mkdtemp(prefix="eps-", dir="/tmp"))  # short: a unix socket path has 108 bytes
     bridge, gw = f"epsb{tag}", f"epsg{tag}"
-    net = 100 + secrets.randbelow(100)
+    # its subnets 172.29.N / 172.28.N: none another test run's swarm holds (released at the end)
+    net_text, net_lock = reserve_name("swarm-net", (str(100 + n) for n in random.sample(range(100), 100)))
+    net = int(net_text)
     subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True)
     subprocess.run(["ip", "addr", "add", f"172.29.{net}.1/24", "dev", bridge], check=True)
     subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
@@ -247,6 +250,7 @@ def swarm() -> Iterator[Swarm]:
                 subprocess.run(["umount", "-l", mnt], check=False)
         for link in (bridge, gw):
             subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+        net_lock.close()
         shutil.rmtree(d, ignore_errors=True)
 
 

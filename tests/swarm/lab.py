@@ -5,27 +5,43 @@ collide; teardown removes everything it made."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import shutil
+import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
+from tests.helpers import reserve_name
+
 SCRIPT = Path(__file__).with_name("lab.sh")
+
+
+_random = random.Random()  # our own: pytest-randomly and hypothesis seed the global one
+
+
+def _reserve_subnet() -> tuple[str, socket.socket]:
+    """A 10.77.X subnet no interface of the machine has and no other lab of a test process holds
+    (the swarm and image groups start theirs at the same time in two xdist workers, before either
+    has an address to see), held until the lab stops."""
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    taken = {a.split("/")[0].rsplit(".", 1)[0] for a in out.split() if a.count(".") == 3}
+    free = [f"10.77.{x}" for x in _random.sample(range(1, 255), 254) if f"10.77.{x}" not in taken]
+    return reserve_name("lab-net", free)
 
 
 class Lab:
     def __init__(self, rootfs_tar: bytes, nodes: int = 4, storage: str = "vfs", parent: str = "/tmp") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ep-lab-", dir=parent))  # short: unix socket paths
-        self.tag = f"{random.randrange(16**5):05x}"
+        self.tag = f"{_random.randrange(16**5):05x}"
         self.nodes = nodes
         self.storage = storage
-        out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
-        taken = {a.split("/")[0].rsplit(".", 1)[0] for a in out.split() if a.count(".") == 3}
-        self.net = next(n for n in (f"10.77.{random.randrange(1, 255)}" for _ in range(200)) if n not in taken)
+        self.net, self._net_lock = _reserve_subnet()
         with tarfile.open(fileobj=io.BytesIO(rootfs_tar)) as tar:
             tar.extractall(self.dir / "rootfs", filter="tar")
 
@@ -46,8 +62,29 @@ class Lab:
         return self
 
     def stop(self) -> None:
-        self.sh("teardown")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.sh("teardown")
+            left = self._processes()
+            for pid in left:  # the machine is cleaned all the same; the test fails
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            if left:
+                raise RuntimeError(f"lab.sh teardown left processes of the lab running: {left}")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._net_lock.close()
+
+    def _processes(self) -> dict[int, str]:
+        """The processes whose command line names the lab's directory (containerd shims: their
+        -address), read from /proc: a check of lab.sh's sweep, which reads ps."""
+        out = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    if f"{self.dir}/" in cmdline:
+                        out[int(entry.name)] = cmdline[:200]
+        return out
 
     def url(self, n: int) -> str:
         return f"unix://{self.dir}/node{n}/docker.sock"

@@ -102,9 +102,12 @@ setup() {
 }
 
 our_pids() {  # dockerd, its containerd/shims/docker-proxy (their command lines name our dirs)
+  # -ww: whole command lines. Without it ps cuts them at $COLUMNS, which pytest-xdist sets to 80
+  # in its workers: a shim's -address (our dir) was cut off, so the shims of the nodes the tests
+  # kill were never found and stayed, orphaned, after every parallel run.
   local n=$1 dir=$LAB/node$1 dpid=none
   [ -s "$dir/dockerd.pid" ] && dpid=$(cat "$dir/dockerd.pid")
-  ps -eo pid=,ppid=,comm=,args= | awk -v d="$dir/" -v dp="$dpid" '$3 != "awk" && ($1==dp || $2==dp || index($0, d)) {print $1}'
+  ps -ww -eo pid=,ppid=,comm=,args= | awk -v d="$dir/" -v dp="$dpid" '$3 != "awk" && ($1==dp || $2==dp || index($0, d)) {print $1}'
 }
 
 teardown() {

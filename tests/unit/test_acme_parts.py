@@ -37,7 +37,7 @@ from edgeproxy.acme.keys import ID_PE_ACME_IDENTIFIER, private_key_pem, tls_alpn
 from edgeproxy.acme.manager import AcmeManager, Settings
 from edgeproxy.acme.policy import Backoff, renewal_time
 from edgeproxy.acme.sealed import Sealer, SealError
-from edgeproxy.acme.storage import CertStatus, StorageError, StoredCertificate, ca_slug
+from edgeproxy.acme.storage import CertStatus, StorageError, StoredCertificate, ca_slug, run_to_end
 from edgeproxy.proto.proxy_protocol import NEED_DATA
 from edgeproxy.proto.tls_hello import ClientHello, read_client_hello
 from tests.acme_responder import eventually, memory_handshake
@@ -375,3 +375,21 @@ def test_a_cancelled_save_has_written_its_files_when_the_cancellation_arrives(tm
         assert files.get("a.test.key") == len(big) and files.get("a.test.crt") == len(big), files
 
     asyncio.run(scenario())
+
+
+def test_run_to_end_passes_on_a_cancellation_that_comes_as_the_work_ends() -> None:
+    """The manager closing cancels its tasks; one that was in a storage write when the write's
+    thread finished in the same turn kept the result and ran on (its renewals too: it outlived
+    asyncio.run's cleanup, a unit test hung for 120 s)."""
+
+    async def main() -> None:
+        work = asyncio.get_running_loop().create_future()
+        caller = asyncio.create_task(run_to_end(work))
+        await asyncio.sleep(0)  # the caller waits for the work
+        work.set_result("written")  # the work ends ...
+        caller.cancel()  # ... as the caller is cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert work.result() == "written"  # the work itself was not cut short
+
+    asyncio.run(main())

@@ -117,3 +117,29 @@ def test_ratio_is_the_median_of_the_rounds_ratios_with_its_spread() -> None:
     entry |= {"ratios": ratios(entry), "spreads": spreads(entry)}
     assert _ratio_cell(entry, "CPU/request") == "1.30 (1.20-3.00)"
     assert _ratio_cell(entry, "throughput") == "1.00"  # the same in every round: no spread to show
+
+
+def test_a_starved_run_is_measured_again_not_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run in which no request completed and none failed (every connection still in its TLS
+    handshake at the end: --quick's 2 s on a machine at load 16) says nothing of the proxy: the
+    round is run again. One that failed requests is a result (an error), as before."""
+    from types import SimpleNamespace
+
+    from benchmarks import runner
+    from benchmarks.load import WrkResult
+    from benchmarks.scenarios import SCENARIOS
+
+    def result(requests: int, errors: int = 0) -> WrkResult:
+        return WrkResult(requests, requests * 100, 2.0, {"connect": errors}, 1.0, 2.0, 3.0, 4.0)
+
+    runs = [result(0), result(0), result(40)]
+    monkeypatch.setattr(runner, "_wrk", lambda *a, **kw: (runs.pop(0), 0))
+    sc = next(s for s in SCENARIOS if s.kind == "wrk")
+    me = SimpleNamespace(name="proxy", pid=os.getpid(), proc=SimpleNamespace(alive=lambda: True))
+    said: list[str] = []
+    opts = runner.Options(2.0, 0.0, 1, None, 1000, 1.0, None, None, None, tmp_path, log=said.append)
+    assert runner._measure(sc, me, opts, 0)["requests"] == 40  # type: ignore[arg-type]
+    assert len(said) == 2 and all("starved" in s for s in said)
+    runs[:] = [result(0, errors=5)]
+    with pytest.raises(RuntimeError, match="no request completed"):
+        runner._measure(sc, me, opts, 0)  # type: ignore[arg-type]

@@ -5,7 +5,6 @@ checked at once, those that leave are no longer checked."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 
@@ -13,17 +12,10 @@ from edgeproxy.balance import Server, ServerState
 from edgeproxy.config import Backend, Health, ServerConfig, parse_address, parse_config
 from edgeproxy.health.checker import HealthChecker
 from edgeproxy.pools import Change, PoolRegistry
+from tests.helpers import closed_port
 
 FAST = Health(type="tcp", interval=0.1, timeout=0.5, rise=1, fall=2)
 CONFIG = parse_config(b"listeners: [{name: a, bind: '127.0.0.1:1', mode: tcp, backend: b}]\nbackends: {b: {}}\n")
-
-
-def closed_port() -> tuple[socket.socket, int]:
-    """A loopback port nothing listens on: bound, not listening, so connects are refused (and
-    nobody else can take the port while the caller holds the socket)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    return s, s.getsockname()[1]
 
 
 async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
