@@ -17,13 +17,12 @@ A leaf module: nothing of edgeproxy, imported by ``edgeproxy/__init__.py`` befor
 
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import importlib.util
 import os
 import sys
+from _blake2 import blake2b  # not hashlib: see sources_digest
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
 # The hot path of a request (issue 15). Not the package __init__ files: they stay Python.
@@ -53,32 +52,42 @@ COMPILED = (
 STAMP = "compiled.stamp"  # beside this file: "<compiler> <version> <sources digest>"
 PURE_ENV = "EDGEPROXY_PURE_PYTHON"
 
-_ROOT = Path(__file__).resolve().parent
+# (os.path, not pathlib: that would load pathlib and urllib.parse, ~0.3 MiB, into every process)
+_ROOT = os.path.dirname(os.path.realpath(__file__))
+Root = str | os.PathLike[str]
 
 
-def source_path(module: str, root: Path = _ROOT) -> Path:
+def source_path(module: str, root: Root = _ROOT) -> str:
     """``edgeproxy.proto.http1`` -> ``<root>/proto/http1.py``."""
-    return root.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return os.path.join(root, *module.split(".")[1:]) + ".py"
 
 
-def sources_digest(root: Path = _ROOT, modules: Sequence[str] = COMPILED) -> str:
-    h = hashlib.sha256()
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def sources_digest(root: Root = _ROOT, modules: Sequence[str] = COMPILED) -> str:
+    # CPython's own BLAKE2 rather than hashlib, which initialises OpenSSL's digests (_hashlib):
+    # ~0.6 MiB of RSS in every process, for this one digest at start (issue 15). (The hash ring,
+    # balance/algorithms.py, needs BLAKE2 anyway.)
+    h = blake2b(digest_size=32)
     for module in modules:
-        h.update(module.encode() + b"\0" + source_path(module, root).read_bytes() + b"\0")
+        h.update(module.encode() + b"\0" + _read(source_path(module, root)) + b"\0")
     return h.hexdigest()
 
 
-def _compiled_present(root: Path) -> bool:
-    first = source_path(COMPILED[0], root)
-    return any(first.with_suffix(suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+def _compiled_present(root: Root) -> bool:
+    first = source_path(COMPILED[0], root).removesuffix(".py")
+    return any(os.path.exists(first + suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
-def _decide(root: Path = _ROOT) -> tuple[bool, str]:
+def _decide(root: Root = _ROOT) -> tuple[bool, str]:
     """(use the compiled modules?, what to say about the build)."""
     if not _compiled_present(root):
         return False, "pure Python"
     try:
-        compiler, version, digest = (root / STAMP).read_text().split()
+        compiler, version, digest = _read(os.path.join(root, STAMP)).decode().split()
     except (OSError, ValueError):
         return False, "pure Python: compiled modules without a build stamp"
     if os.environ.get(PURE_ENV, "") not in ("", "0"):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from edgeproxy.acme.board import Challenge, ChallengeBoard, ChallengeType
 from edgeproxy.acme.client import Account, AcmeClient, AcmeError
+from edgeproxy.acme.ids import cert_id
 from edgeproxy.acme.keys import new_private_key_pem
 from edgeproxy.acme.policy import Backoff, Random, renewal_time
 from edgeproxy.acme.storage import (
@@ -41,7 +42,6 @@ from edgeproxy.acme.storage import (
     Storage,
     StorageError,
     StoredCertificate,
-    cert_id,
     email_slug,
 )
 from edgeproxy.log import log

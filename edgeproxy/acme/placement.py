@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from edgeproxy.acme.storage import cert_id
+from edgeproxy.acme.ids import cert_id
 from edgeproxy.config import Config
 from edgeproxy.tls.certificates import Certificate
 from edgeproxy.tls.files import CertificateSet

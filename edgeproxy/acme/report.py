@@ -16,8 +16,9 @@ from typing import Any
 from cryptography import x509
 
 from edgeproxy.acme.build import build_storage
+from edgeproxy.acme.ids import cert_id
 from edgeproxy.acme.sealed import SealError
-from edgeproxy.acme.storage import Storage, StorageError, cert_id
+from edgeproxy.acme.storage import Storage, StorageError
 from edgeproxy.acme.swarm_api import SwarmConfigs
 from edgeproxy.acme.swarm_storage import SwarmStorage
 from edgeproxy.config import Config

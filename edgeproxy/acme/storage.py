@@ -13,7 +13,6 @@ the manager keeps serving what it already has.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -123,15 +122,6 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def cert_id(names: Sequence[str]) -> str:
-    """The id of the certificate for ``names``: its first name, and a hash of the whole list when
-    it has several (file- and label-safe: names are checked DNS names)."""
-    if len(names) == 1:
-        return names[0]
-    digest = hashlib.sha256(",".join(names).encode("ascii")).hexdigest()[:10]
-    return f"{names[0]}+{digest}"
 
 
 def ca_slug(directory: str) -> str:

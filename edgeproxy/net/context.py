@@ -40,7 +40,9 @@ class ListenerContext:
     ) -> None:
         self.loop = loop
         self.pools = pools
-        self.connections: set[Closable] = set()
+        # (a dict as an ordered set: at 10k connections its table is 290 KiB where a set's is
+        # 510 KiB, ~24 bytes less per connection)
+        self.connections: dict[Closable, None] = {}
         self.deadlines = Deadlines(loop)  # http connections' timers (net/deadlines.py)
         self._local: dict[tuple[str, int], tuple[str, int]] = {}  # see local_address
         self.stats = ListenerStats()
@@ -63,7 +65,7 @@ class ListenerContext:
         self.hsts = b"Strict-Transport-Security: max-age=%d\r\n" % ltls.hsts if ltls and ltls.hsts and tls else b""
         # Client and server inactivity end the same relay, so one timer with the smaller limit.
         self.idle_timeout = min(timeouts.client_idle_for(listener.mode), timeouts.server_idle)
-        self.http_limits: tuple[float, ...] | None = None  # http: per-state limits (net/http_relay.py)
+        self.http_settings: object = None  # http: what its connections share (net/http_relay.py)
         self.trusted_proxies = listener.accept_proxy.trusted if listener.accept_proxy else ()
         self.forwarding = ForwardingPolicy(listener.forwarded, https=tls is not None)
         self.answers_locally = listener.redirect_https is not None or self._http01 is not None
@@ -134,7 +136,7 @@ class ListenerContext:
         return self.pools.get(name) if name is not None else None
 
     def opened(self, conn: Closable) -> None:
-        self.connections.add(conn)
+        self.connections[conn] = None
         self.stats.connections_total += 1
         if self.on_count is not None:
             self.on_count(len(self.connections))
@@ -142,11 +144,11 @@ class ListenerContext:
     def handed_over(self, conn: Closable) -> None:
         """A TLS layer (net/tls.py) hands its connection to the app protocol, which counts
         itself with ``opened``: the layer leaves the set, uncounted, without ending anything."""
-        self.connections.discard(conn)
+        self.connections.pop(conn, None)
         self.stats.connections_total -= 1
 
     def closed(self, conn: Closable, reason: str, bytes_in: int = 0, bytes_out: int = 0) -> None:
-        self.connections.discard(conn)
+        self.connections.pop(conn, None)
         stats = self.stats
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out

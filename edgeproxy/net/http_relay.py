@@ -21,10 +21,10 @@ The connection is a state machine with one state variable (``state``):
     WAIT ─101─▶ TUNNEL;  WAIT ─server closed, no byte, idempotent─▶ CONNECTING (sent again)
     any ─error answer─▶ LINGER ─▶ CLOSED;  any ─close─▶ CLOSED
 
-Each state has one deadline (``_limits`` and ``_FROM_ENTRY``: a limit counted from entering the
-state or from the last byte either way), used both to arm the connection's single timer and,
-when it fires, to decide whether the deadline really passed (``_deadline``) and what it means
-(``_expire``). Empty lines before a request are head bytes: they start the head's clock, so a
+Each state has one deadline (``HttpSettings.limits`` and ``_FROM_ENTRY``: a limit counted from
+entering the state or from the last byte either way), used both to arm the connection's single
+timer and, when it fires, to decide whether the deadline really passed (``_deadline``) and what
+it means (``_expire``). Empty lines before a request are head bytes: they start the head's clock, so a
 client cannot hold a connection by sending CRLF forever. The one task a connection may run (a
 connect) is kept in ``task`` and cancelled on close.
 """
@@ -77,7 +77,7 @@ STATE_NAMES: Final = (
 )  # fmt: skip
 
 # The deadline of each state: True counts its limit from entering the state, False from the last
-# byte in either direction (or entering, if later). Limits: ``_limits`` (0: no deadline).
+# byte in either direction (or entering, if later). Limits: ``HttpSettings.limits`` (0: no deadline).
 _FROM_ENTRY: Final = (True, True, True, True, False, False, False, False, False, True, False)
 
 # reasons to stop reading from the client (a bit mask: reading resumes when none is left)
@@ -93,28 +93,82 @@ _FORBIDDEN_TRAILERS: Final = FORWARDING_NAMES | {b"host", b"content-length", b"t
 
 _UPGRADES: Final[dict[tuple[str, ...], frozenset[bytes]]] = {}
 
-# A connection holds a RequestParser only while a request is under way (~550 bytes with what
-# it keeps of the last request): it takes one from here for a head and gives it back when the
-# request is over, and points at _NO_PARSER meanwhile, which nothing ever parses into (the two
-# places that write a parser, _request and _set_request_fields, take one first).
-_NO_PARSER: Final = RequestParser(frozenset())
-_FREE_PARSERS: Final[dict[frozenset[bytes], list[RequestParser]]] = {}  # by the upgrades they allow
+
+
+class RequestState(RequestParser):
+    """The request in flight: its parser, and the relay's fields of it (where it goes, what
+    it has cost so far), which an idle keep-alive connection has no use for."""
+
+    __slots__ = (
+        "body_left",
+        "chunks",
+        "connect_s",
+        "pool",
+        "req_in",
+        "req_out",
+        "req_start",
+        "resends",
+        "response_s",
+        "sent_at",
+        "server",
+        "status",
+        "tried",
+        "up_head",
+    )
+
+    def __init__(self, upgrades: frozenset[bytes]) -> None:
+        super().__init__(upgrades)
+        self.up_head = b""  # the head as sent upstream (kept for a resend until the response ends)
+        self.pool: BackendPool | None = None
+        self.server: Server | None = None
+        self.chunks: ChunkedReader | None = None
+        self.body_left = 0
+        self.resends = 0
+        self.tried: tuple[Server, ...] = ()  # (a tuple: most requests never add to it)
+        self.status = 0
+        self.req_in = 0
+        self.req_out = 0
+        self.req_start = self.sent_at = self.connect_s = self.response_s = 0.0
+
+
+# A connection holds a RequestState only while a request is under way (~650 bytes with what its
+# parser keeps of the last request, ~110 of them the relay's fields): it takes one from here for
+# a head and gives it back when the request is over, and points at _NO_PARSER meanwhile, which
+# nothing ever writes (the two places that start a request, _request and _refuse, take one first).
+_NO_PARSER: Final = RequestState(frozenset())
+_FREE_PARSERS: Final[dict[frozenset[bytes], list[RequestState]]] = {}  # by the upgrades they allow
 _MAX_FREE_PARSERS: Final = 1024  # per upgrades setting
 
 
-def _limits(ctx: ListenerContext) -> tuple[float, ...]:
-    """Seconds allowed in each state, from the listener's timeouts (0: no deadline): one tuple
-    per listener setting, kept in ``ctx.http_limits`` and shared by its connections (an 11-tuple
-    each was 128 bytes apiece)."""
-    limits = ctx.http_limits
-    if limits is None:
+class HttpSettings:
+    """What a connection reads of its listener's settings, as they were when it connected (a
+    reload makes new ones for the connections after it): one object per setting, kept in
+    ``ctx.http_settings`` and shared, where each connection held the four (issue 15)."""
+
+    __slots__ = ("hsts", "idle", "limits", "upgrades")
+
+    def __init__(self, ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> None:
         t = ctx.timeouts
-        idle = ctx.idle_timeout
+        idle_s = ctx.idle_timeout
+        # Seconds allowed in each state (0: no deadline).
         # PROXY NEW IDLE HEAD CONNECTING BODY WAIT RESPONSE TUNNEL LINGER CLOSED
         # CONNECTING has none of its own: connect_upstream bounds every attempt by timeouts.connect.
-        limits = ctx.http_limits = (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0, idle,
-                                    t.server_idle, idle, idle, LINGER_SECONDS, 0.0)  # fmt: skip
-    return limits
+        self.limits: tuple[float, ...] = (t.http_request, t.http_request, t.client_idle, t.http_request, 0.0,
+                                          idle_s, t.server_idle, idle_s, idle_s, LINGER_SECONDS, 0.0)  # fmt: skip
+        self.hsts = ctx.hsts  # b"" or the Strict-Transport-Security line responses get
+        upgrades = ctx.listener.upgrades
+        allowed = _UPGRADES.get(upgrades)
+        if allowed is None:
+            allowed = _UPGRADES[upgrades] = upgrade_protocols(upgrades)
+        self.upgrades = allowed  # what a request may upgrade to (the parsers' setting)
+        self.idle = idle  # the process's shared idle upstream connections
+
+
+def _settings(ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> HttpSettings:
+    settings = ctx.http_settings
+    if not isinstance(settings, HttpSettings) or settings.idle is not idle:
+        settings = ctx.http_settings = HttpSettings(ctx, idle)
+    return settings
 
 
 class HttpListener(TcpListener):
@@ -136,107 +190,74 @@ class HttpConnection(asyncio.Protocol):
     its request in flight."""
 
     __slots__ = (
-        "body_left",
         "bytes_in",
         "bytes_out",
-        "chunks",
         "client",
         "client_eof",
         "closed",
         "closing",
-        "connect_s",
         "ctx",
         "dest",
         "entered",
         "fwd",
         "header_reader",
         "held",
-        "hsts",
-        "idle",
         "in_request",
         "keep_alive",
         "last_activity",
-        "limits",
         "linger",
         "log_prefix",
-        "loop",
         "parser",
-        "parser_upgrades",
         "partial",
         "paused",
-        "pool",
         "private",
-        "req_in",
-        "req_out",
-        "req_start",
-        "resends",
-        "response_s",
-        "sent_at",
-        "server",
         "server_eof",
-        "started",
+        "settings",
         "state",
-        "status",
         "task",
         "timer",
         "timer_at",
         "transport",
-        "tried",
-        "up_head",
         "upstream",
         "write_paused",
     )
 
     def __init__(self, ctx: ListenerContext, idle: IdlePool[UpstreamConn]) -> None:
+        # (mypyc lays the fields out in this order: the bools together take 8 bytes, not 24)
         self.ctx = ctx
-        self.loop = ctx.loop
-        self.limits = _limits(ctx)
+        self.settings = _settings(ctx, idle)
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.client: tuple[str, int] = ("", 0)
         self.dest: tuple[str, int] = ("", 0)
         self.header_reader: ClientAddressReader | None = None
+        # shared by the connections of one client address (ForwardingPolicy.for_client)
         self.fwd: ClientForwarding | None = None
-        self.log_prefix = ""  # the access log members that are the same for every request
-        self.hsts = ctx.hsts  # b"" or the Strict-Transport-Security line responses get
-        upgrades = ctx.listener.upgrades
-        allowed = _UPGRADES.get(upgrades)
-        if allowed is None:
-            allowed = _UPGRADES[upgrades] = upgrade_protocols(upgrades)
-        self.parser_upgrades = allowed
-        self.parser = _NO_PARSER  # between requests (see _take_parser)
+        # the access log members that are the same for every request: made at the first access
+        # line, so a connection holds none while access logging is off
+        self.log_prefix = ""
+        # the request under way: its parser and fields, lent per request (see _take_parser)
+        self.parser = _NO_PARSER
         self.state = NEW
         self.partial: HeadBuffer | None = None  # a request head that did not come in one read
         self.held = b""  # bytes after the request in flight (reading is paused meanwhile)
         self.upstream: UpstreamConn | None = None
-        self.pool: BackendPool | None = None
-        self.server: Server | None = None
-        self.idle = idle  # the process's shared idle upstream connections
         self.private: IdlePool[UpstreamConn] | None = None  # send_proxy backends: this client's own
-        self.chunks: ChunkedReader | None = None
-        self.body_left = 0
         self.paused = 0
         self.write_paused = False
         self.keep_alive = True
         self.closing = False
         self.client_eof = False
         self.server_eof = False
-        self.closed: str | None = None
         self.linger = False  # close after an error answer: see _linger
+        self.in_request = False  # a request is in flight (its fields: RequestState)
+        self.closed: str | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.timer: Slot | None = None  # its deadline's, in ctx.deadlines (net/deadlines.py)
         self.timer_at = INF
         self.task: asyncio.Task[None] | None = None
-        # the request in flight
-        self.in_request = False
-        self.up_head = b""
-        self.resends = 0
-        self.tried: tuple[Server, ...] = ()  # (a tuple: most requests never add to it)
-        self.status = 0
-        self.req_in = 0
-        self.req_out = 0
-        self.req_start = self.sent_at = self.connect_s = self.response_s = 0.0
-        self.started = self.last_activity = self.entered = self.loop.time()
+        # (in NEW, ``entered`` is the accept: the first request's clock runs from it)
+        self.last_activity = self.entered = self.ctx.loop.time()
 
     # -- the state machine's clock ---------------------------------------------------------------
     def _enter(self, state: int, since: float) -> None:
@@ -246,7 +267,7 @@ class HttpConnection(asyncio.Protocol):
         so at entry ``_deadline`` is ``since + limit`` whichever way the state counts."""
         self.state = state
         self.entered = since
-        limit = self.limits[state]
+        limit = self.settings.limits[state]
         if limit and since + limit < self.timer_at:
             self._arm(since + limit)
 
@@ -254,7 +275,7 @@ class HttpConnection(asyncio.Protocol):
         since = self.entered
         if not _FROM_ENTRY[state] and self.last_activity > since:
             since = self.last_activity
-        return since + self.limits[state]
+        return since + self.settings.limits[state]
 
     def _arm(self, when: float) -> None:
         deadlines = self.ctx.deadlines
@@ -267,10 +288,10 @@ class HttpConnection(asyncio.Protocol):
         self.timer = None
         self.timer_at = INF
         state = self.state
-        if not self.limits[state]:
+        if not self.settings.limits[state]:
             return  # no deadline here; the next state arms its own
         deadline = self._deadline(state)
-        now = self.loop.time()
+        now = self.ctx.loop.time()
         if now < deadline:
             self._arm(deadline)  # activity moved it on since the timer was set
             return
@@ -288,7 +309,7 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(_TIMED_OUT, self._partial_head(), self.entered)
         elif state == WAIT:
             self._error(504, "server_timeout", "no response within timeouts.server_idle")
-        elif state == BODY and not self.status:
+        elif state == BODY and not self.parser.status:
             # The body stalled: on the client's side (408) or the server stopped reading it (504).
             if self.paused & _UPSTREAM_FULL:
                 self._error(504, "server_timeout", "the server stopped reading the request body")
@@ -312,21 +333,27 @@ class HttpConnection(asyncio.Protocol):
         # (Behind TLS the layer read the PROXY header before the handshake: net/tls.py.)
         if ctx.tls is None and ctx.must_send_proxy_header(peer[0]):
             self.header_reader = ClientAddressReader(ctx, self)
-            self._enter(PROXY, self.started)
+            self._enter(PROXY, self.entered)
             return
         self._client_known()
-        self._enter(NEW, self.started)
+        self._enter(NEW, self.entered)
 
     def _client_known(self) -> None:
-        ctx = self.ctx
-        self.fwd = ctx.forwarding.for_client(self.client, self.dest)
-        prefix = f'"listener":{_json(ctx.listener.name)},"client":"{_hostport(self.client)}",'
-        if ctx.tls is not None:
-            info = cast("TlsInfo | None", self.transport.get_extra_info("tls"))
-            if info is not None:
-                sni = _json(info.sni) if info.sni is not None else "null"
-                prefix += f'"tls":"{info.version}","sni":{sni},'
+        client = self.client
+        fwd = self.fwd = self.ctx.forwarding.for_client(client, self.dest)
+        if fwd.client == client[0]:
+            self.client = (fwd.client, client[1])  # one string for all of a client's connections
+
+    def _log_prefix(self) -> str:
+        """The access log members that are the same for every request of the connection."""
+        prefix = f'"listener":{_json(self.ctx.listener.name)},"client":"{_hostport(self.client)}",'
+        # (the transport's, not ctx.tls: a reload may have turned TLS on or off since the accept)
+        info = cast("TlsInfo | None", self.transport.get_extra_info("tls"))
+        if info is not None:
+            sni = _json(info.sni) if info.sni is not None else "null"
+            prefix += f'"tls":"{info.version}","sni":{sni},'
         self.log_prefix = prefix
+        return prefix
 
     def proxy_header_done(self, client: tuple[str, int], dest: tuple[str, int], rest: bytes) -> None:
         """The accept_proxy reader parsed a trusted peer's header: that is the client now. The
@@ -334,12 +361,12 @@ class HttpConnection(asyncio.Protocol):
         self.header_reader = None
         self.client, self.dest = client, dest
         self._client_known()
-        self._enter(NEW, self.started)
+        self._enter(NEW, self.entered)
         if rest:
             self.data_received(rest)
 
     def data_received(self, data: bytes) -> None:
-        now = self.last_activity = self.loop.time()
+        now = self.last_activity = self.ctx.loop.time()
         state = self.state
         if state == PROXY:
             cast(ClientAddressReader, self.header_reader).feed(data)
@@ -350,7 +377,7 @@ class HttpConnection(asyncio.Protocol):
         elif state == BODY:
             self._body(data)
         elif state == TUNNEL:
-            self.req_in += len(data)
+            self.parser.req_in += len(data)
             up = self.upstream
             if up is not None:  # (always, in TUNNEL: a plain test, cheaper than cast())
                 up.send(data)
@@ -366,7 +393,7 @@ class HttpConnection(asyncio.Protocol):
             # Any byte starts the head's clock, empty lines too; the first request's clock has
             # run since accept. (A head that is complete in this read never waits in HEAD.)
             state = self.state
-            since = self.entered if state == HEAD else self.started if state == NEW else now
+            since = now if state == IDLE else self.entered  # (NEW: the accept; HEAD: its first byte)
             if data[0] == 13 or data[0] == 10:
                 data = data.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request are ignored
                 if not data:
@@ -413,12 +440,12 @@ class HttpConnection(asyncio.Protocol):
         self.partial = None
         return bytes(partial.data[:400]) if partial is not None else b""
 
-    def _take_parser(self) -> RequestParser:
+    def _take_parser(self) -> RequestState:
         """This connection's parser for the request starting now (one from the free list)."""
         parser = self.parser
         if parser is _NO_PARSER:
-            free = _FREE_PARSERS.get(self.parser_upgrades)
-            parser = self.parser = free.pop() if free else RequestParser(self.parser_upgrades)
+            free = _FREE_PARSERS.get(self.settings.upgrades)
+            parser = self.parser = free.pop() if free else RequestState(self.settings.upgrades)
         return parser
 
     def _give_parser_back(self) -> None:
@@ -429,9 +456,14 @@ class HttpConnection(asyncio.Protocol):
             return
         self.parser = _NO_PARSER
         if parser.between_messages():
-            free = _FREE_PARSERS.get(self.parser_upgrades)
+            # what the next request overwrites anyway, not kept alive by the free list meanwhile
+            parser.up_head = b""
+            parser.pool = None
+            parser.chunks = None
+            parser.body_left = 0
+            free = _FREE_PARSERS.get(self.settings.upgrades)
             if free is None:
-                free = _FREE_PARSERS[self.parser_upgrades] = []
+                free = _FREE_PARSERS[self.settings.upgrades] = []
             if len(free) < _MAX_FREE_PARSERS:
                 free.append(parser)
 
@@ -449,16 +481,16 @@ class HttpConnection(asyncio.Protocol):
         fwd = self.fwd
         assert fwd is not None  # set before any request byte is read
         if parser.chunked:
-            self.chunks = ChunkedReader(frozenset() if fwd.trusted else _FORBIDDEN_TRAILERS)
-            self.body_left = -1
+            parser.chunks = ChunkedReader(frozenset() if fwd.trusted else _FORBIDDEN_TRAILERS)
+            parser.body_left = -1
         else:
-            self.chunks = None
-            self.body_left = parser.content_length
+            parser.chunks = None
+            parser.body_left = parser.content_length
         ctx = self.ctx
         if ctx.answers_locally and self._local_answer(rest, now):
             return
-        self.up_head = fwd.rewrite(head, parser)
-        pool = self.pool = ctx.pool_for_request(parser.host, parser.routing_path() if ctx.route_table else b"")
+        parser.up_head = fwd.rewrite(head, parser)
+        pool = parser.pool = ctx.pool_for_request(parser.host, parser.routing_path() if ctx.route_table else b"")
         if pool is None:
             self._error(503, "no_backend", "no backend for this request")
             return
@@ -466,11 +498,11 @@ class HttpConnection(asyncio.Protocol):
         if server is None:
             self._error(503, "no_server", f"no server of backend {pool.name} is up")
             return
-        idle = self.private if pool.sends_proxy else self.idle
+        idle = self.private if pool.sends_proxy else self.settings.idle
         conn = idle.get(server) if idle is not None else None
         if conn is not None:
             server.acquire()
-            self.server = server
+            parser.server = server
             self._dispatch(conn, rest, now)
         else:
             self.held = rest
@@ -482,7 +514,7 @@ class HttpConnection(asyncio.Protocol):
         ctx = self.ctx
         parser = self.parser
         # A request body would have to be read and dropped: answer, then close instead.
-        close = not self.keep_alive or self.body_left != 0
+        close = not self.keep_alive or self.parser.body_left != 0
         http01 = ctx.http01
         if http01 is not None and parser.method in (b"GET", b"HEAD"):
             body = http01(parser.target.decode("latin-1"))
@@ -505,9 +537,9 @@ class HttpConnection(asyncio.Protocol):
     def _answer(self, status: int, data: bytes, end: str, close: bool, rest: bytes, now: float) -> None:
         """A complete response from here; keep-alive goes on with the next request (handled on
         the next loop turn, so a read of many pipelined requests is not a deep recursion)."""
-        self.status = status
-        self.pool = None
-        self.req_out += len(data)
+        self.parser.status = status
+        self.parser.pool = None
+        self.parser.req_out += len(data)
         self.transport.write(data)
         self._log_request(end, None, now)
         if close:
@@ -517,12 +549,13 @@ class HttpConnection(asyncio.Protocol):
         self._give_parser_back()
         self.state = IDLE
         self.entered = now
-        if now + self.limits[IDLE] < self.timer_at:
-            self._arm(now + self.limits[IDLE])
+        deadline = now + self.settings.limits[IDLE]
+        if deadline < self.timer_at:
+            self._arm(deadline)
         if rest:
             self.held = rest
             self._pause(_HOLD)
-            self.loop.call_soon(self._after_answer)
+            self.ctx.loop.call_soon(self._after_answer)
         elif self.client_eof:
             self.close("client_closed")
 
@@ -531,28 +564,29 @@ class HttpConnection(asyncio.Protocol):
             return
         held, self.held = self.held, b""
         self._resume(_HOLD)
-        self._head_data(held, self.loop.time())
+        self._head_data(held, self.ctx.loop.time())
         if self.client_eof and self.state in (IDLE, HEAD):
             self.close("client_closed")
 
     def _begin_request(self, head_len: int, since: float) -> None:
         """The fields of the request in flight, for a head just read (forwarded or refused) whose
         clock started at ``since`` (its first byte; the accept, for a connection's first)."""
+        req = self.parser
         self.in_request = True
-        self.req_start = since
-        self.status = 0
-        self.req_in = head_len
-        self.req_out = 0
-        self.connect_s = self.response_s = 0.0
-        self.resends = 0
-        if self.tried:
-            self.tried = ()
+        req.req_start = since
+        req.status = 0
+        req.req_in = head_len
+        req.req_out = 0
+        req.connect_s = req.response_s = 0.0
+        req.resends = 0
+        if req.tried:
+            req.tried = ()
 
     def _connect_to(self, pool: BackendPool, server: Server | None, now: float) -> None:
         """Open a new upstream connection (to ``server``, else one the balancer picks)."""
         self._enter(CONNECTING, now)
         self._pause(_HOLD)  # the body, or the next request, waits in the kernel meanwhile
-        self.task = self.loop.create_task(self._connect(pool, server))
+        self.task = self.ctx.loop.create_task(self._connect(pool, server))
 
     async def _connect(self, pool: BackendPool, server: Server | None) -> None:
         try:
@@ -562,8 +596,8 @@ class HttpConnection(asyncio.Protocol):
             self._error(502, "connect_failed", "internal error while connecting")
 
     async def _connected(self, pool: BackendPool, server: Server | None) -> None:
-        started = self.loop.time()
-        tried = self.tried
+        started = self.ctx.loop.time()
+        tried = self.parser.tried
         header = pool.proxy_header(self.client, self.dest)
         result = await connect_upstream(
             self.ctx, pool, self.client[0], self._upstream, first=server, exclude=tried, header=header
@@ -577,42 +611,44 @@ class HttpConnection(asyncio.Protocol):
         if result is None:
             self._error(502, "connect_failed", f"no server of backend {pool.name} accepted a connection")
             return
-        transport, self.server = result
-        now = self.loop.time()
-        self.connect_s = now - started
+        transport, self.parser.server = result
+        now = self.ctx.loop.time()
+        self.parser.connect_s = now - started
         rest, self.held = self.held, b""
         conn = cast(UpstreamConn, transport.get_protocol())
         self._dispatch(conn, rest, now)
 
     def _upstream(self, server: Server) -> UpstreamConn:
-        return UpstreamConn(server, self.loop.time)
+        return UpstreamConn(server, self.ctx.loop.time)
 
     def _dispatch(self, conn: UpstreamConn, rest: bytes, now: float) -> None:
         """Write the request head, and the body bytes already here, on ``conn``: the one way a
         request goes upstream (idle connection, new connection, sent again)."""
+        req = self.parser
         self.upstream = conn
-        self.sent_at = now
-        head = self.up_head
-        if self.body_left:
+        req.sent_at = now
+        head = req.up_head
+        if req.body_left:
             try:
                 out, after = self._frame(rest)
             except HttpError as e:
                 self._refuse(e, b"", self.entered)
                 return
-            conn.begin(self, self.parser.method == b"HEAD", head + out if out else head, self.write_paused)
+            conn.begin(self, req.method == b"HEAD", head + out if out else head, self.write_paused)
             if after is None:
                 self._enter(BODY, now)
                 self._resume(_HOLD)
                 return
         else:
-            conn.begin(self, self.parser.method == b"HEAD", head, self.write_paused)
+            conn.begin(self, req.method == b"HEAD", head, self.write_paused)
             after = rest
         # _enter(WAIT, now), inlined like the two other transitions of every keep-alive request
         # (RESPONSE, IDLE): callgrind counts ~1100 instructions for the call, 1.3% of a request.
         self.state = WAIT
         self.entered = now
-        if now + self.limits[WAIT] < self.timer_at:
-            self._arm(now + self.limits[WAIT])
+        deadline = now + self.settings.limits[WAIT]
+        if deadline < self.timer_at:
+            self._arm(deadline)
         if after:
             self.held = after
             self._pause(_HOLD)
@@ -621,21 +657,22 @@ class HttpConnection(asyncio.Protocol):
 
     def _frame(self, data: bytes) -> tuple[bytes, bytes | None]:
         """Split ``data`` into this request's body bytes and what follows (None: body goes on)."""
-        chunks = self.chunks
+        req = self.parser
+        chunks = req.chunks
         if chunks is not None:
             out, after = chunks.feed(data)
         else:
-            left = self.body_left
+            left = req.body_left
             if len(data) < left:
-                self.body_left = left - len(data)
+                req.body_left = left - len(data)
                 out, after = data, None
             else:
-                self.body_left = 0
+                req.body_left = 0
                 out, after = (data, b"") if len(data) == left else (data[:left], data[left:])
         if out:
-            if self.parser.feed_body(out) != (after is not None):
+            if req.feed_body(out) != (after is not None):
                 raise HttpError(400, "bad_request", "ambiguous request body framing")
-            self.req_in += len(out)
+            req.req_in += len(out)
         return out, after
 
     def _body(self, data: bytes) -> None:
@@ -649,7 +686,7 @@ class HttpConnection(asyncio.Protocol):
             up.send(out)
         if after is not None:
             # The request is complete; the response may already be under way (an early answer).
-            self._enter(RESPONSE if self.status else WAIT, self.last_activity)
+            self._enter(RESPONSE if self.parser.status else WAIT, self.last_activity)
             if after:
                 self.held = after
                 self._pause(_HOLD)
@@ -663,7 +700,7 @@ class HttpConnection(asyncio.Protocol):
                 self.close("client_closed")
                 return False
             return True
-        if state in (WAIT, RESPONSE) or (state == CONNECTING and not self.body_left):
+        if state in (WAIT, RESPONSE) or (state == CONNECTING and not self.parser.body_left):
             # Complete requests then a half-close: they are still answered, then we close.
             return True
         self.close("client_closed")
@@ -705,20 +742,22 @@ class HttpConnection(asyncio.Protocol):
         """A 1xx response: HTTP/1.0 clients do not know them (RFC 9110 15.2)."""
         self.last_activity = now
         if self.parser.version_11:
-            self.req_out += len(head)
+            self.parser.req_out += len(head)
             self.transport.write(head)
 
     def response_head(self, parser: ResponseParser, head: bytes, now: float) -> bytes:
         """The final response head is here: decide whether the client connection stays open."""
         self.last_activity = now
-        self.status = parser.status
-        self.response_s = now - self.sent_at
-        if self.hsts:
-            head = with_hsts(head, self.hsts)
+        self.parser.status = parser.status
+        self.parser.response_s = now - self.parser.sent_at
+        hsts = self.settings.hsts
+        if hsts:
+            head = with_hsts(head, hsts)
         if self.state == WAIT:  # (_enter(RESPONSE, now) inlined: see _dispatch)
             self.state = RESPONSE  # (its clock is the last byte: last_activity, now)
-            if now + self.limits[RESPONSE] < self.timer_at:
-                self._arm(now + self.limits[RESPONSE])
+            deadline = now + self.settings.limits[RESPONSE]
+            if deadline < self.timer_at:
+                self._arm(deadline)
         if self.keep_alive and not parser.close and parser.framing != UNTIL_CLOSE:
             return head
         self.keep_alive = False
@@ -728,21 +767,22 @@ class HttpConnection(asyncio.Protocol):
 
     def response_data(self, data: bytes, now: float) -> None:
         self.last_activity = now
-        self.req_out += len(data)
+        self.parser.req_out += len(data)
         self.transport.write(data)
 
     def response_progress(self, now: float) -> None:
         self.last_activity = now
 
     def response_end(self, conn: UpstreamConn, data: bytes, reusable: bool, now: float) -> None:
+        req = self.parser
         self.last_activity = now
         if data:
-            self.req_out += len(data)
+            req.req_out += len(data)
             self.transport.write(data)
         self._log_request("ok", None, now)
-        server = self.server
+        server = req.server
         self.upstream = None
-        self.server = None
+        req.server = None
         if server is not None:
             server.release()
         if self.paused & _UPSTREAM_FULL:
@@ -752,13 +792,13 @@ class HttpConnection(asyncio.Protocol):
             if self.write_paused:
                 conn.resume_reading()
             conn.release()
-            pool = self.pool
+            pool = req.pool
             if pool is not None and pool.sends_proxy:
                 if self.private is None:
-                    self.private = IdlePool(self.loop)
+                    self.private = IdlePool(self.ctx.loop)
                 self.private.put(conn)
             else:
-                self.idle.put(conn)
+                self.settings.idle.put(conn)
         else:
             conn.close()
         if not complete or not self.keep_alive:
@@ -768,10 +808,10 @@ class HttpConnection(asyncio.Protocol):
             return
         self.state = IDLE  # (_enter(IDLE, now) inlined: see _dispatch)
         self.entered = now
-        self.up_head = b""  # (kept for a resend until now: an idle connection holds no head)
-        self._give_parser_back()
-        if now + self.limits[IDLE] < self.timer_at:
-            self._arm(now + self.limits[IDLE])
+        self._give_parser_back()  # (with the head, kept for a resend until now)
+        deadline = now + self.settings.limits[IDLE]
+        if deadline < self.timer_at:
+            self._arm(deadline)
         if self.held:
             held, self.held = self.held, b""
             self._resume(_HOLD)
@@ -791,11 +831,11 @@ class HttpConnection(asyncio.Protocol):
         if server is None:
             self._error(502, "server_closed", "the server closed the connection before a complete response")
             return
-        self.resends += 1
-        old = cast("Server", self.server)
-        self.server = None
+        self.parser.resends += 1
+        old = cast("Server", self.parser.server)
+        self.parser.server = None
         old.release()
-        self._connect_to(cast("BackendPool", self.pool), server, self.loop.time())
+        self._connect_to(cast("BackendPool", self.parser.pool), server, self.ctx.loop.time())
 
     def _resend_to(self, conn: UpstreamConn) -> Server | None:
         """Where to send the request again after ``conn`` closed, or None.
@@ -806,35 +846,35 @@ class HttpConnection(asyncio.Protocol):
         fired) says nothing about the server: a new connection to it. A new connection that
         closed: another server, as nginx's ``proxy_next_upstream error`` does.
         """
-        pool = self.pool
+        pool = self.parser.pool
         if (
             conn.got_bytes
             or self.state != WAIT
             or pool is None
-            or self.resends >= pool.config.retries
-            or self.chunks is not None
+            or self.parser.resends >= pool.config.retries
+            or self.parser.chunks is not None
             or self.parser.content_length
             or self.parser.method not in IDEMPOTENT
         ):
             return None
         if conn.reused:
             return conn.server
-        self.tried += (conn.server,)
-        return pool.pick(self.client[0], self.tried)
+        self.parser.tried += (conn.server,)
+        return pool.pick(self.client[0], self.parser.tried)
 
     def tunnel_start(self, conn: UpstreamConn, data: bytes, now: float) -> None:
         """101 Switching Protocols: from now on bytes are relayed as they are, both ways."""
         self.last_activity = now
-        self.status = 101
-        self.response_s = now - self.sent_at
+        self.parser.status = 101
+        self.parser.response_s = now - self.parser.sent_at
         self._enter(TUNNEL, now)
-        self.req_out += len(data)
+        self.parser.req_out += len(data)
         self.transport.write(data)
         held, self.held = self.held, b""
         self._resume(_HOLD)
         if held:
             conn.send(held)
-            self.req_in += len(held)
+            self.parser.req_in += len(held)
         if self.client_eof:
             conn.send_eof()
 
@@ -858,9 +898,9 @@ class HttpConnection(asyncio.Protocol):
     def _refuse(self, e: HttpError, head: bytes, since: float) -> None:
         """A request we will not forward (400, 405, 408, 431, 505), its head begun at ``since``."""
         if not self.in_request:
+            self._set_request_fields(head)  # (takes the parser: first)
             self._begin_request(len(head), since)
-            self.pool = None
-            self._set_request_fields(head)
+            self.parser.pool = None
         self._error(e.status, e.end, e.detail)
 
     def _set_request_fields(self, head: bytes) -> None:
@@ -875,46 +915,46 @@ class HttpConnection(asyncio.Protocol):
     def _error(self, status: int, end: str, detail: str) -> None:
         """Answer with a short error and close (the connection may be mid-request). Once part
         of a response went out, all that is left to do is to stop."""
-        if self.status or self.closed is not None:
+        if self.parser.status or self.closed is not None:
             if self.closed is None:
-                self._log_request(end, detail, self.loop.time())
+                self._log_request(end, detail, self.ctx.loop.time())
             self.close(end)
             return
-        self.status = status
+        self.parser.status = status
         data = error_response(status)
-        self.req_out += len(data)
+        self.parser.req_out += len(data)
         self.transport.write(data)
-        self._log_request(end, detail, self.loop.time())
+        self._log_request(end, detail, self.ctx.loop.time())
         self.linger = True
         self.close(end)
 
     def _log_request(self, end: str, detail: str | None, now: float) -> None:
         """Count and log the request in flight (once)."""
+        req = self.parser
         if not self.in_request:
             return
         self.in_request = False
-        status = self.status
+        status = req.status
         stats = self.ctx.stats
         stats.requests[status] = stats.requests.get(status, 0) + 1
-        duration = now - self.req_start
+        duration = now - req.req_start
         stats.request_duration.observe(duration)
-        self.bytes_out += self.req_out
+        self.bytes_out += req.req_out
         if log.access is None:
             return
-        parser = self.parser
-        server = self.server
-        host = parser.host
-        pool = self.pool
+        server = req.server
+        host = req.host
+        pool = req.pool
         if detail is None:
             # Formatted here rather than json.dumps of a dict: measured 2x the cost of proxying.
             log.access_json(
-                f'{self.log_prefix}"method":"{parser.method.decode("ascii")}",'
+                f'{self.log_prefix or self._log_prefix()}"method":"{req.method.decode("ascii")}",'
                 f'"host":{_json(host.decode("latin-1")) if host is not None else "null"},'
-                f'"path":{_json(parser.target.decode("latin-1"))},"status":{status},'
+                f'"path":{_json(req.target.decode("latin-1"))},"status":{status},'
                 f'"backend":{_json_name(pool.name) if pool is not None else "null"},'
                 f'"server":{_json_name(server.name) if server is not None else "null"},'
-                f'"bytes_in":{self.req_in},"bytes_out":{self.req_out},"duration_ms":{duration * 1000:.1f},'
-                f'"connect_ms":{self.connect_s * 1000:.1f},"response_ms":{self.response_s * 1000:.1f},'
+                f'"bytes_in":{req.req_in},"bytes_out":{req.req_out},"duration_ms":{duration * 1000:.1f},'
+                f'"connect_ms":{req.connect_s * 1000:.1f},"response_ms":{req.response_s * 1000:.1f},'
                 f'"end":"{end}"'
             )
             return
@@ -922,17 +962,17 @@ class HttpConnection(asyncio.Protocol):
             {
                 "listener": self.ctx.listener.name,
                 "client": _hostport(self.client),
-                "method": parser.method.decode("latin-1"),
+                "method": req.method.decode("latin-1"),
                 "host": host.decode("latin-1") if host is not None else None,
-                "path": parser.target.decode("latin-1"),
+                "path": req.target.decode("latin-1"),
                 "status": status,
                 "backend": pool.name if pool is not None else self.ctx.listener.backend,
                 "server": server.name if server is not None else None,
-                "bytes_in": self.req_in,
-                "bytes_out": self.req_out,
+                "bytes_in": req.req_in,
+                "bytes_out": req.req_out,
                 "duration_ms": round(duration * 1000, 1),
-                "connect_ms": round(self.connect_s * 1000, 1),
-                "response_ms": round(self.response_s * 1000, 1),
+                "connect_ms": round(req.connect_s * 1000, 1),
+                "response_ms": round(req.response_s * 1000, 1),
                 "end": end,
                 "error": detail,
                 **self._tls_fields(),
@@ -965,14 +1005,14 @@ class HttpConnection(asyncio.Protocol):
         if up is not None:
             up.close()
         if self.in_request:
-            if not self.status:
-                self.status = 499  # nginx's "client closed request": no response was sent
-            self._log_request(reason, None, self.loop.time())
-        self._give_parser_back()
-        server = self.server
-        self.server = None
+            if not self.parser.status:
+                self.parser.status = 499  # nginx's "client closed request": no response was sent
+            self._log_request(reason, None, self.ctx.loop.time())
+        server = self.parser.server
         if server is not None:
+            self.parser.server = None
             server.release()
+        self._give_parser_back()
         if self.private is not None:
             self.private.close_all()
         t = self.transport
@@ -983,7 +1023,7 @@ class HttpConnection(asyncio.Protocol):
             # still comes for up to LINGER_SECONDS, then close (nginx's lingering_close).
             t.write_eof()
             t.resume_reading()
-            self._enter(LINGER, self.loop.time())
+            self._enter(LINGER, self.ctx.loop.time())
         else:
             if self.timer is not None:
                 self.ctx.deadlines.discard(self, self.timer)

@@ -15,7 +15,7 @@ same way: a component built in the composition root, certificate sets prepared, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from edgeproxy.config import Config
@@ -45,6 +45,40 @@ class Component(Protocol):
     def status(self) -> dict[str, Any]:
         """Sections it adds to /status (none: an empty dict)."""
         ...
+
+
+class OnDemand:
+    """A component made, and its module imported, only once a config uses it (``wanted``): the
+    admin endpoint and swarm discovery are some 0.7 MiB of modules (the http and urllib packages
+    with them) that a process whose config never had them does not load (issue 15). Until then it
+    is what the component is while off: prepares nothing, reports nothing; from then on it is
+    the component, which turns itself off as before when a reload removes its section."""
+
+    def __init__(self, wanted: Callable[[Config], bool], make: Callable[[], Component]) -> None:
+        self.wanted = wanted
+        self.make = make
+        self.component: Component | None = None
+
+    async def prepare(self, config: Config) -> Staged:
+        if self.component is None:
+            if not self.wanted(config):
+                return Staged()
+            self.component = self.make()
+        return await self.component.prepare(config)
+
+    async def ready(self) -> None:
+        if self.component is not None:
+            await self.component.ready()
+
+    async def stop(self) -> None:
+        if self.component is not None:
+            await self.component.stop()
+
+    def collect(self) -> Iterable[Family]:
+        return self.component.collect() if self.component is not None else ()
+
+    def status(self) -> dict[str, Any]:
+        return self.component.status() if self.component is not None else {}
 
 
 class ControlPlane:

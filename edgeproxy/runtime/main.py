@@ -22,16 +22,14 @@ import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from edgeproxy.admin.server import AdminServer
 from edgeproxy.config import Config, User
-from edgeproxy.discovery.swarm import SwarmDiscovery
 from edgeproxy.health.checker import HealthChecker
 from edgeproxy.log import log
 from edgeproxy.net.loop import loop_name, run
 from edgeproxy.net.upstream_pool import IdlePool
 from edgeproxy.pools import PoolRegistry
 from edgeproxy.runtime.acme_service import AcmeService
-from edgeproxy.runtime.control import ControlPlane
+from edgeproxy.runtime.control import Component, ControlPlane, OnDemand
 from edgeproxy.runtime.dataplane import DataPlane
 from edgeproxy.runtime.process import ProcessLoop
 from edgeproxy.runtime.reload import describe
@@ -50,7 +48,23 @@ def control_plane(registry: PoolRegistry, role: ControlRole) -> ControlPlane:
     challenge answers, to the data plane through the role."""
     acme = AcmeService(role, registry)
     role.certificate_sources.append(acme.with_certificates)
-    return ControlPlane([HealthChecker(registry), SwarmDiscovery(registry), acme, AdminServer(role, registry)])
+
+    def discovery() -> Component:
+        from edgeproxy.discovery.swarm import SwarmDiscovery
+
+        return SwarmDiscovery(registry)
+
+    def admin() -> Component:
+        from edgeproxy.admin.server import AdminServer
+
+        return AdminServer(role, registry)
+
+    return ControlPlane([
+        HealthChecker(registry),
+        OnDemand(lambda config: config.swarm is not None, discovery),
+        acme,
+        OnDemand(lambda config: config.admin is not None, admin),
+    ])  # fmt: skip
 
 
 def build(config: Config) -> SingleProcess | Supervisor:

@@ -87,9 +87,8 @@ def test_image_is_built_from_the_pins_with_its_metadata(built_image: BuiltImage,
     assert cfg["Healthcheck"]["Test"] == ["CMD", "edgeproxy", "healthcheck"]
     assert cfg["Entrypoint"] == ["edgeproxy"]
     # .dockerignore: the checkout (.git, .venv: hundreds of MB here) is not sent to the daemon.
-    # (What it sends, the sources, README and pins, passed 1 MB in November 2026: 4 MB leaves
-    # them room to grow and still catches a .dockerignore that lets the checkout through.)
-    assert built_image.context_bytes < 4_000_000, built_image.context_bytes
+    # (What is sent, the sources and tar's headers, is ~1 MB and grows with the code.)
+    assert built_image.context_bytes < 5_000_000, built_image.context_bytes
     # What the image runs is exactly requirements/image.txt.
     from tests.unit.test_image_files import pins
 

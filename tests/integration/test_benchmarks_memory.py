@@ -21,12 +21,19 @@ missing = machine.missing_tools()
 pytestmark = pytest.mark.skipif(bool(missing), reason=machine.missing_message(missing))
 
 # Only a config that uses them may load these: TLS certificates (cryptography), ACME, workers or
-# user: (the supervisor, the privilege drop's ctypes), udp, a config error's "did you mean".
+# user: (the supervisor, the privilege drop's ctypes), udp, a config error's "did you mean", the
+# admin endpoint, swarm discovery; and no process loads hashlib's OpenSSL digests (_hashlib).
 NOT_FOR_PLAIN_HTTP = (
     "cryptography",
     "edgeproxy.tls.pem",
     "edgeproxy.acme.keys",
     "edgeproxy.acme.manager",
+    "edgeproxy.acme.storage",
+    "edgeproxy.admin.server",
+    "edgeproxy.discovery.swarm",
+    "edgeproxy.discovery.docker_api",
+    "hashlib",
+    "_hashlib",
     "edgeproxy.runtime.supervisor",
     "edgeproxy.runtime.worker",
     "edgeproxy.runtime.privileges",

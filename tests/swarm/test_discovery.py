@@ -20,6 +20,7 @@ import pytest
 
 from edgeproxy.config import parse_config
 from edgeproxy.discovery.swarm import SwarmDiscovery
+from edgeproxy.runtime.control import OnDemand
 from edgeproxy.runtime.main import build
 from edgeproxy.runtime.single import SingleProcess
 from tests.helpers import ROOT, admin_json, edgeproxy, free_port, metric, scrape
@@ -138,7 +139,13 @@ swarm:
         proxy = build(config)
         assert isinstance(proxy, SingleProcess)
         await proxy.start()
-        disc = next(c for c in proxy.control.components if isinstance(c, SwarmDiscovery))
+        # (made on demand: the config has a swarm: section, runtime/control.py OnDemand)
+        disc = next(
+            c.component
+            for c in proxy.control.components
+            if isinstance(c, OnDemand) and isinstance(c.component, SwarmDiscovery)
+        )
+        assert isinstance(disc, SwarmDiscovery)
         ctx = proxy.dataplane.contexts["front"]
         pools = proxy.registry.pools
         times: dict[str, float] = {}

@@ -32,11 +32,12 @@ from edgeproxy.acme.answers import ChallengeContexts, http01_response
 from edgeproxy.acme.board import Challenge, ChallengeBoard
 from edgeproxy.acme.client import AcmeClient, parse_retry_after
 from edgeproxy.acme.dir_storage import DirStorage, write_atomic
+from edgeproxy.acme.ids import cert_id
 from edgeproxy.acme.keys import ID_PE_ACME_IDENTIFIER, private_key_pem, tls_alpn_certificate
 from edgeproxy.acme.manager import AcmeManager, Settings
 from edgeproxy.acme.policy import Backoff, renewal_time
 from edgeproxy.acme.sealed import Sealer, SealError
-from edgeproxy.acme.storage import CertStatus, StorageError, StoredCertificate, ca_slug, cert_id
+from edgeproxy.acme.storage import CertStatus, StorageError, StoredCertificate, ca_slug
 from edgeproxy.proto.proxy_protocol import NEED_DATA
 from edgeproxy.proto.tls_hello import ClientHello, read_client_hello
 from tests.acme_responder import eventually, memory_handshake

@@ -20,11 +20,11 @@ def _tree(tmp_path: Path, *, compiled: bool, stamp: str | None) -> Path:
     """A copy of the compiled modules' sources, with a (fake) extension beside the first and a stamp."""
     root = tmp_path / "edgeproxy"
     for module in build.COMPILED:
-        dest = build.source_path(module, root)
+        dest = Path(build.source_path(module, root))
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(build.source_path(module, PACKAGE), dest)
     if compiled:
-        first = build.source_path(build.COMPILED[0], root)
+        first = Path(build.source_path(build.COMPILED[0], root))
         first.with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0]).write_bytes(b"")
     if stamp is not None:
         (root / build.STAMP).write_text(stamp)
@@ -54,7 +54,7 @@ def test_pure_python_when_asked_when_sources_changed_or_unstamped(
     monkeypatch.setenv(build.PURE_ENV, "0")
     assert build._decide(root)[0]
     # An editable install whose source was edited after the build: the stale extension must not run.
-    edited = build.source_path(build.COMPILED[-1], root)
+    edited = Path(build.source_path(build.COMPILED[-1], root))
     edited.write_text(edited.read_text() + "\n# edited\n")
     assert build._decide(root) == (False, "pure Python: sources changed since the mypyc build")
 
