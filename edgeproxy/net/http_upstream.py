@@ -99,6 +99,7 @@ class UpstreamConn(asyncio.Protocol):
         "head_request",
         "home",
         "idle_tick",
+        "interim",
         "parser",
         "partial",
         "reused",
@@ -119,6 +120,7 @@ class UpstreamConn(asyncio.Protocol):
         self.body_left = 0
         self.chunks: ChunkedReader | None = None
         self.head_request = False
+        self.interim = b""  # the last 1xx head of the current response that llhttp took
         self.got_bytes = False  # any byte of a response to the current request
         self.reused = False
         self.home: IdlePool[Any] | None = None  # the pool holding it while idle
@@ -134,6 +136,7 @@ class UpstreamConn(asyncio.Protocol):
         self.sink = sink
         self.state = HEAD
         self.head_request = head_request
+        self.interim = b""
         self.got_bytes = False
         t = self.transport
         if paused:
@@ -251,6 +254,11 @@ class UpstreamConn(asyncio.Protocol):
                     raise
                 searched = True
                 parser.reset()  # (llhttp refused: it takes nothing more)
+                if self.interim:
+                    # A fresh llhttp must be where the refused one was: after the 1xx it took, which
+                    # may have closed it (HTTP/1.0 100). Forgetting that forwarded the next head
+                    # when the whole answer came in one read and refused it when cut (fuzzing).
+                    parser.feed(self.interim)
                 buf = crlf_head(buf)
                 continue
             if not searched and not total:  # another response: searched before the sink hears of it
@@ -264,6 +272,7 @@ class UpstreamConn(asyncio.Protocol):
             if not parser.feed(head):
                 raise HttpError(502, "bad_response", "ambiguous response framing")
             rest = buf[n:]
+            self.interim = head
             if parser.status == 101:
                 if not sink.upgrade_requested():
                     raise HttpError(502, "bad_response", "101 Switching Protocols without an Upgrade request")

@@ -93,6 +93,25 @@ def decimal(value: bytes) -> int:
     return n if value else int(value)
 
 
+def field_value(line: bytes, colon: int) -> bytes:
+    """The value of the header ``line`` whose name ends at ``colon``: after the colon and the
+    optional whitespace (RFC 9112 5.1), to the end of the line, trailing whitespace kept (what
+    the regex ``:[ \t]*([^\r]*)`` took). Index tests, not ``lstrip``: compiled, they are
+    primitives where a method call on bytes is a generic call."""
+    start = colon + 1
+    n = len(line)
+    while start < n and (line[start] == 32 or line[start] == 9):
+        start += 1
+    return line[start:]
+
+
+def trimmed(value: bytes) -> bytes:
+    """``value`` without trailing spaces and tabs; one index test in the usual case of none."""
+    if value and (value[-1] == 32 or value[-1] == 9):
+        return value.rstrip(b" \t")
+    return value
+
+
 class HeadBuffer:
     """The bytes of a head that did not come in one read, searched in O(n) overall.
 

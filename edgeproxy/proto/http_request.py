@@ -18,20 +18,21 @@ allows (``upgrades``, default ``websocket``) go through. Any other ``Upgrade`` i
 plain HTTP/1.1 request (RFC 9113 3.2 lets the server ignore it) and a server can never start
 reading HTTP/2 frames that carry no forwarding headers of ours.
 
-The fields a proxy acts on are then picked out of the validated head by one compiled regex
-instead of a Python callback per header line (measured here: 0.7 us against 1.1 us for
-``GET / HTTP/1.1`` + Host, 1.4 us against 2.3 us for a 9-header browser request). Because llhttp
-has already checked the syntax, ``\\r\\n<name>:`` can only match the start of a real header line.
+The fields a proxy acts on are then picked out of the validated head without a regex: one split
+into lines, and per line a few index tests that find the colon only where a name of ours could end
+(``_colon``), so most lines cost no lookup at all. Because llhttp has already checked the syntax,
+every line after the request line is a real header line. (The case-insensitive regex this replaces,
+one alternation tried at every line start, made ``parse`` 1,800 instructions dearer for
+``GET / HTTP/1.1`` + Host and 8,100 for a 10-line browser request: callgrind, compiled.)
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
 import httptools
 
-from edgeproxy.proto.http1 import HttpError, MessageCounter, decimal
+from edgeproxy.proto.http1 import HttpError, MessageCounter, decimal, field_value, trimmed
 
 # Field codes. The forwarding headers come in any letter case and, for the spoofing trick that
 # works on CGI/WSGI-style servers (which turn "-" into "_"), with underscores too.
@@ -76,20 +77,52 @@ def spellings(name: bytes) -> list[bytes]:
 
 
 # The spellings that nearly every client uses, looked up before lower-casing (saves a call
-# per header on the hot path).
+# per header on the hot path); 0: a common header we do not act on whose name has the length of
+# one we do (see _colon), so it costs no lower() either.
 _USUAL_SPELLING: Final[dict[bytes, int]] = {}
+for _name in (b"user-agent", b"referer", b"accept-encoding", b"accept-language", b"accept-charset", b"keep-alive",
+              b"sec-fetch-dest", b"sec-fetch-mode", b"sec-fetch-site", b"sec-fetch-user", b"sec-ch-ua",
+              b"x-requested-with", b"x-forwarded-server"):  # fmt: skip
+    for _spelling in (_name, _name.title(), _name.upper()):
+        _USUAL_SPELLING[_spelling] = 0
 for _name, _code in FIELD_CODES.items():
     for _spelling in (_name, _name.title(), _name.upper()):
         _USUAL_SPELLING[_spelling] = _code
 _USUAL_SPELLING[b"X-Real-IP"] = X_REAL_IP
 _USUAL_SPELLING[b"HTTP2-Settings"] = HTTP2_SETTINGS
 _LOWER: Final = {code: name for name, code in FIELD_CODES.items()}
+# The name lengths _colon tests; a new field code needs its length there.
+assert {len(name) for name in FIELD_CODES} == {4, 7, 9, 10, 14, 15, 16, 17}
 
-_FIELD_RE: Final = re.compile(
-    rb"\r\n(host|content-length|transfer-encoding|connection|upgrade|http2-settings"
-    rb"|x[-_]forwarded[-_](?:for|proto|host|port)|x[-_]real[-_]ip|forwarded):[ \t]*([^\r]*)",
-    re.IGNORECASE,
-)
+
+def _colon(line: bytes) -> int:
+    """Where the colon after the name of a header line is, if the name has the length of one we
+    act on (host 4 ... transfer-encoding 17); else -1.
+
+    A header name is a token (llhttp checked it), so it holds no colon: testing the lengths in
+    ascending order, the first colon found ends the name when its length is one of ours; any
+    later hit (a colon in the value of a shorter name) gives a "name" with a colon in it, which
+    no lookup matches."""
+    n = len(line)
+    if n > 4 and line[4] == 58:
+        return 4
+    if n > 7 and line[7] == 58:
+        return 7
+    if n > 9 and line[9] == 58:
+        return 9
+    if n > 10 and line[10] == 58:
+        return 10
+    if n > 14 and line[14] == 58:
+        return 14
+    if n > 15 and line[15] == 58:
+        return 15
+    if n > 16 and line[16] == 58:
+        return 16
+    if n > 17 and line[17] == 58:
+        return 17
+    return -1
+
+
 # Every spelling of every forwarding header, lower case: what an untrusted client may not send,
 # in the head or in chunked trailers.
 FORWARDING_NAMES: Final = frozenset(spelling for name in _FORWARDING_BASE for spelling in spellings(name))
@@ -225,20 +258,33 @@ class RequestParser:
         drop = self.drop
         if drop:
             drop.clear()
-        for name, value in _FIELD_RE.findall(head):
+        # llhttp validated the head: CRLF line ends only, token names, no CR or LF in a value.
+        lines = head.split(b"\r\n")  # the request line, the header lines, b"", b""
+        for i in range(1, len(lines)):
+            line = lines[i]
+            colon = _colon(line)
+            if colon < 0:
+                continue
+            name = line[:colon]
             code = _USUAL_SPELLING.get(name)
             if code is not None:
+                if not code:
+                    continue
                 lname = _LOWER[code]
             else:
                 lname = name.lower()
                 code = FIELD_CODES.get(lname)
-                if code is None:  # an underscore spelling of a forwarding header
-                    code = FIELD_CODES[lname.replace(b"_", b"-")]
+                if code is None:
+                    # an underscore spelling of a forwarding header (and only of those)
+                    code = FIELD_CODES.get(lname.replace(b"_", b"-"))
+                    if code is None or code < XFF:
+                        continue
+            value = field_value(line, colon)
             if code == HOST:
-                host = value.rstrip(b" \t")
+                host = trimmed(value)
                 hosts += 1
             elif code >= XFF:
-                forwarding.append((code, lname, value.rstrip(b" \t")))
+                forwarding.append((code, lname, trimmed(value)))
             elif code == CONTENT_LENGTH:
                 if content_length >= 0:
                     raise HttpError(400, "bad_request", "repeated Content-Length")
