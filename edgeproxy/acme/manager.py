@@ -226,7 +226,10 @@ class AcmeManager:
             if m.cert is not None and now >= m.ari_next:
                 await self._check_renewal_info(m)
                 continue
-            wait = min(self.due(m), m.ari_next, now + self.settings.check_every) - now
+            # renewal information is asked only for a certificate held: without one, ``ari_next``
+            # (0 until the first) must not cut the wait short, or a backing-off order wakes 20x a second
+            ari_next = m.ari_next if m.cert is not None else now + self.settings.check_every
+            wait = min(self.due(m), ari_next, now + self.settings.check_every) - now
             m.wake.clear()
             await _wait(m.wake, max(0.05, wait))
 
@@ -240,8 +243,12 @@ class AcmeManager:
                     m.hold_until = self.clock() + min(self.settings.lock_lease, self.settings.refresh)
                     log.debug("acme: another instance is ordering; waiting for its certificate", certificate=m.id)
                     return
-                if await self._adopt_from_storage(m) and self.due(m) > self.clock():
-                    return  # another instance finished it just before we took the lock
+                # Another instance may have finished it while we waited for the lock. Its certificate
+                # may be new here, or already adopted by the shared follow during that wait (then
+                # ``_adopt`` says False: nothing newer); either way it is no longer due.
+                await self._adopt_from_storage(m)
+                if self.due(m) > self.clock():
+                    return
                 st.last_attempt, st.by = self.clock(), self.settings.instance
                 cert = await self._order(m)
                 if lease.lost:

@@ -4,19 +4,20 @@ the challenge board by real servers on loopback, a restart that orders nothing, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from edgeproxy.acme.board import ChallengeBoard, ChallengeType
 from edgeproxy.acme.client import AcmeClient
-from edgeproxy.acme.dir_storage import DirStorage
+from edgeproxy.acme.dir_storage import DirStorage, _FileLease
 from edgeproxy.acme.manager import AcmeManager, Settings
 from edgeproxy.acme.policy import Backoff
 from edgeproxy.tls.certificates import Certificate
@@ -35,15 +36,24 @@ def pebble(tmp_path: Path) -> Iterator[Pebble]:
 class Node:
     """One edgeproxy's ACME side: manager + board + storage, and the responder its listeners would be."""
 
-    def __init__(self, peb: Pebble, storage_dir: Path, prefer: tuple[ChallengeType, ...], **settings: object) -> None:
+    def __init__(
+        self,
+        peb: Pebble,
+        storage_dir: Path,
+        prefer: tuple[ChallengeType, ...],
+        storage: DirStorage | None = None,
+        clock: Callable[[], float] = time.time,
+        **settings: object,
+    ) -> None:
         self.board = ChallengeBoard()
-        self.storage = DirStorage(str(storage_dir), peb.directory)
+        self.storage = storage or DirStorage(str(storage_dir), peb.directory)
         self.got: list[tuple[str, Certificate]] = []
         self.manager = AcmeManager(
             AcmeClient(peb.directory, ca_file=peb.ca, timeout=5),
             self.storage,
             self.board,
             Settings(email="ops@example.com", prefer=prefer, **settings),  # type: ignore[arg-type]
+            clock=clock,
             on_certificate=lambda cid, cert: self.got.append((cid, cert)),
         )
         self.responder = Responder(self.board, peb.http01_port, peb.tlsalpn01_port)
@@ -121,6 +131,54 @@ async def test_restart_reuses_storage(pebble: Pebble, tmp_path: Path) -> None:
     assert pebble.count("POST /sign-me-up") == accounts
 
 
+class _FollowedSlowLock(DirStorage):
+    """A dir storage that behaves as shared (the manager follows it, as it does the swarm's) and
+    whose lock waits for a gate: the slow lock of a loaded swarm, made deterministic."""
+
+    shared = True
+
+    def __init__(self, root: str, directory: str) -> None:
+        super().__init__(root, directory)
+        self.gate = asyncio.Event()
+        self.waiting = False
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str, lease: float) -> AsyncIterator[_FileLease | None]:
+        self.waiting = True
+        await self.gate.wait()
+        async with super().lock(key, lease) as held:
+            yield held
+
+
+async def test_no_second_order_when_the_certificate_came_while_waiting_for_the_lock(
+    pebble: Pebble, tmp_path: Path
+) -> None:
+    """Regression (CI, stop 20): B waited for the lock while A ordered; B's follow of the shared
+    storage adopted A's certificate meanwhile; with the lock, B re-read the storage, found nothing
+    newer than what it held, and ordered the same name again (a CA's duplicate-certificate limit
+    spent for nothing)."""
+    store = tmp_path / "store"
+    slow = _FollowedSlowLock(str(store), pebble.directory)
+    b = Node(pebble, store, ("http-01",), storage=slow, refresh=0.2)  # no responder: A's answers the CA
+    try:
+        b.manager.want([["a.test"]])
+        await b.manager.start()
+        await eventually(lambda: slow.waiting)  # B is due and waits for the lock
+        async with Node(pebble, store, ("http-01",)) as a:
+            a.manager.want([["a.test"]])
+            await a.manager.start()
+            await eventually(lambda: "a.test" in a.manager.certificates)
+            ordered = a.manager.certificates["a.test"]
+        await eventually(lambda: "a.test" in b.manager.certificates)  # adopted by the follow
+        slow.gate.set()
+        await asyncio.sleep(1.5)  # time for a wrong order to reach pebble
+        assert pebble.count("POST /order-plz") == 1
+        assert b.manager.certificates["a.test"].fingerprint == ordered.fingerprint
+        assert b.manager.managed["a.test"].orders == {"success": 0, "failure": 0}
+    finally:
+        await b.manager.close()
+
+
 async def test_ca_down_keeps_certificates_and_backs_off(pebble: Pebble, tmp_path: Path) -> None:
     backoff = Backoff(base=1.0, cap=4.0, jitter=0.0)
     async with Node(pebble, tmp_path / "store", ("http-01",), backoff=backoff) as node:
@@ -149,6 +207,28 @@ async def test_ca_down_keeps_certificates_and_backs_off(pebble: Pebble, tmp_path
         await eventually(lambda: "down.test" in node.manager.certificates, timeout=30)
         assert node.manager.managed["down.test"].status.failures == 0
         assert node.manager.registrations == 2
+
+
+async def test_an_order_backing_off_sleeps_until_its_retry(pebble: Pebble, tmp_path: Path) -> None:
+    """Regression: a certificate with none held yet, backing off after a failed order, woke every
+    50 ms (its renewal-information time, 0 until a certificate comes, cut each wait short)."""
+    looks = 0
+
+    def clock() -> float:
+        nonlocal looks
+        looks += 1
+        return time.time()
+
+    pebble.stop()
+    async with Node(pebble, tmp_path / "store", ("http-01",), backoff=Backoff(base=60.0), clock=clock) as node:
+        node.manager.want([["down.test"]])
+        await node.manager.start()
+        await eventually(lambda: node.manager.managed["down.test"].status.failures == 1)
+        await asyncio.sleep(0.3)  # the status is saved
+        before = looks
+        await asyncio.sleep(2.0)
+        assert looks - before <= 2, f"{looks - before} looks at the clock in 2 s of a 60-s back-off"
+        assert node.manager.managed["down.test"].status.failures == 1
 
 
 async def test_renewal_of_short_lived_certificates(tmp_path: Path) -> None:
