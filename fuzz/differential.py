@@ -74,9 +74,7 @@ def _read(conn: h11.Connection, current: list[Message], done: list[Message]) -> 
         if event is h11.NEED_DATA or event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
             return False
         if isinstance(event, h11.Request):
-            current.append(
-                Message(event.method, event.target, event.http_version, [(n, v) for n, v in event.headers])
-            )
+            current.append(Message(event.method, event.target, event.http_version, [(n, v) for n, v in event.headers]))
         elif isinstance(event, h11.Data):
             current[-1].body += bytes(event.data)
         elif isinstance(event, h11.EndOfMessage):

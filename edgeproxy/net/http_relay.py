@@ -94,7 +94,6 @@ _FORBIDDEN_TRAILERS: Final = FORWARDING_NAMES | {b"host", b"content-length", b"t
 _UPGRADES: Final[dict[tuple[str, ...], frozenset[bytes]]] = {}
 
 
-
 class RequestState(RequestParser):
     """The request in flight: its parser, and the relay's fields of it (where it goes, what
     it has cost so far), which an idle keep-alive connection has no use for."""

@@ -111,4 +111,3 @@ class IdlePool(Generic[C]):
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.conns.values())
-

@@ -150,6 +150,7 @@ class HeadBuffer:
         self.scanned = 0
         return out
 
+
 _HEX: Final = b"0123456789abcdefABCDEF"
 _TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

@@ -101,7 +101,7 @@ def test_a_plain_config_makes_neither_the_admin_endpoint_nor_discovery() -> None
         "class Role:\n"
         "    certificate_sources = []\n"
         "cfg = parse_config(b\"listeners: [{name: f, bind: '127.0.0.1:1', mode: http, backend: a}]\\n"
-        "backends: {a: {health: {type: none}}}\\n\")\n"
+        'backends: {a: {health: {type: none}}}\\n")\n'
         "async def main():\n"
         "    plane = control_plane(PoolRegistry(), Role())\n"
         "    (await plane.prepare(cfg)).commit()\n"
