@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import socket
@@ -228,7 +229,7 @@ class AcmeManager:
                 continue
             # renewal information is asked only for a certificate held: without one, ``ari_next``
             # (0 until the first) must not cut the wait short, or a backing-off order wakes 20x a second
-            ari_next = m.ari_next if m.cert is not None else now + self.settings.check_every
+            ari_next = m.ari_next if m.cert is not None else math.inf
             wait = min(self.due(m), ari_next, now + self.settings.check_every) - now
             m.wake.clear()
             await _wait(m.wake, max(0.05, wait))
